@@ -1,0 +1,5 @@
+"""mriseg: segment brain MRI slices into white matter, gray matter and background."""
+
+__version__ = "0.1.0"
+
+CLASS_NAMES = ("white_matter", "gray_matter", "background")  # label values 0, 1, 2

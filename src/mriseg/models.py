@@ -1,0 +1,155 @@
+"""The two networks of the reference recipe: a plain UNet and a UNet with a ResNet18 encoder."""
+import urllib.error
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import ResNet18_Weights, resnet18
+
+NUM_CLASSES = 3  # 0 = white matter, 1 = gray matter, 2 = background
+
+
+def conv3x3_bn(ci, co):
+    return nn.Sequential(nn.Conv2d(ci, co, 3, padding=1), nn.BatchNorm2d(co), nn.ReLU(inplace=True))
+
+
+def pad_to(x, ref):
+    """Zero-pad x on the left/top (crop when negative) so its H, W match ref's."""
+    dh = ref.shape[2] - x.shape[2]
+    dw = ref.shape[3] - x.shape[3]
+    # F.pad takes (left, right, top, bottom): width first, then height (the tutorial swapped them).
+    return F.pad(x, (dw, 0, dh, 0))
+
+
+class Down(nn.Module):
+    def __init__(self, ci, co):
+        super().__init__()
+        self.block = nn.Sequential(nn.MaxPool2d(2), conv3x3_bn(ci, co), conv3x3_bn(co, co))
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class Up(nn.Module):
+    """Upsample, pad to the skip's size, concatenate [skip, up], two convolutions."""
+
+    def __init__(self, ci, co):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(ci, co, 2, stride=2)
+        self.conv = nn.Sequential(conv3x3_bn(ci, co), conv3x3_bn(co, co))
+
+    def forward(self, x, skip):
+        x = pad_to(self.up(x), skip)
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+class UNet(nn.Module):
+    def __init__(self, in_channels=1, num_classes=NUM_CLASSES):
+        super().__init__()
+        self.stem = nn.Sequential(conv3x3_bn(in_channels, 16), conv3x3_bn(16, 16))
+        self.down1, self.down2, self.down3 = Down(16, 32), Down(32, 64), Down(64, 128)
+        self.up1, self.up2, self.up3 = Up(128, 64), Up(64, 32), Up(32, 16)
+        self.head = nn.Conv2d(16, num_classes, 3, padding=1)
+
+    def forward(self, x):
+        x1 = self.stem(x)
+        x2 = self.down1(x1)
+        x3 = self.down2(x2)
+        x = self.down3(x3)
+        x = self.up1(x, x3)
+        x = self.up2(x, x2)
+        x = self.up3(x, x1)
+        return self.head(x)
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    pass
+
+
+def imagenet_resnet18():
+    """ResNet18 with ImageNet weights through torchvision's weights API (cached under TORCH_HOME)."""
+    weights = ResNet18_Weights.IMAGENET1K_V1
+    try:
+        return resnet18(weights=weights)
+    except (urllib.error.URLError, OSError) as e:
+        cache = f"{torch.hub.get_dir()}/checkpoints/{weights.url.rsplit('/', 1)[-1]}"
+        raise PretrainedWeightsUnavailable(
+            f"cannot get ImageNet ResNet18 weights ({e}): train without them with "
+            f"`-S train.pretrained=false`, or download {weights.url} and place it at {cache}"
+        ) from e
+
+
+class UNetResNet(nn.Module):
+    """UNet decoder on a ResNet18 encoder (conv1 -> bn1 -> relu -> layer1..4, no max-pool)."""
+
+    def __init__(self, in_channels=1, num_classes=NUM_CLASSES, pretrained=False, stem_init="random"):
+        super().__init__()
+        encoder = imagenet_resnet18() if pretrained else resnet18(weights=None)
+        rgb_conv1 = encoder.conv1.weight.detach()
+        encoder.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        if pretrained and stem_init == "average":
+            # Keep what the pretrained stem learned: average its RGB kernels into the input channels.
+            with torch.no_grad():
+                encoder.conv1.weight.copy_(rgb_conv1.mean(dim=1, keepdim=True).expand(-1, in_channels, -1, -1))
+        # The whole torchvision ResNet stays a submodule, as in the recipe: its unused fc head
+        # (513,000 parameters) is part of the specified 14,750,635 and of the checkpoint layout.
+        self.encoder = encoder
+        self.up1, self.up2, self.up3 = Up(512, 256), Up(256, 128), Up(128, 64)
+        self.final_up = nn.ConvTranspose2d(64, 64, 2, stride=2)
+        self.final_conv = conv3x3_bn(64, 64)
+        self.head = nn.Conv2d(64, num_classes, 1)
+
+    def forward(self, x):
+        e = self.encoder
+        x1 = e.layer1(e.relu(e.bn1(e.conv1(x))))  # 64, 1/2 (no max-pool)
+        x2 = e.layer2(x1)  # 128, 1/4
+        x3 = e.layer3(x2)  # 256, 1/8
+        y = e.layer4(x3)  # 512, 1/16
+        y = self.up1(y, x3)
+        y = self.up2(y, x2)
+        y = self.up3(y, x1)
+        y = pad_to(self.final_up(y), x)  # the input only gives the target size
+        return self.head(self.final_conv(y))
+
+
+MODELS = ("unet", "resnet")
+
+
+def build_model(name, pretrained=False, stem_init="random"):
+    if name == "unet":
+        return UNet()
+    if name == "resnet":
+        return UNetResNet(pretrained=pretrained, stem_init=stem_init)
+    raise ValueError(f"params.yaml: model must be one of {MODELS}, got {name!r}")
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+CHECKPOINT_KEYS = ("model", "state_dict", "normalization", "axis", "activation")
+
+
+def load_checkpoint(path, device="cpu"):
+    """Rebuild a trained model from models/model.pt (loaded with weights_only=True: no pickle code)."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint (train a model with `dvc repro train`)") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a loadable mriseg checkpoint ({str(e).splitlines()[0]})") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
+        missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+        raise CheckpointError(f"{path}: not an mriseg checkpoint (missing {', '.join(missing)})")
+    if ckpt["model"] not in MODELS:
+        raise CheckpointError(f"{path}: unknown model {ckpt['model']!r}")
+    model = build_model(ckpt["model"])  # architecture only: the weights come from the checkpoint
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the {ckpt['model']} network ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval(), ckpt

@@ -1,0 +1,73 @@
+"""PNG reports a person can look at: training curves and predictions beside the ground truth."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+
+from .io import atomic_path  # noqa: E402
+
+# Label colours: white matter light, gray matter mid-gray, background black, like a T1 image.
+LABEL_CMAP = ListedColormap(["#f2f2f2", "#8c8c8c", "#000000"])
+
+
+def _save(fig, path):
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_curves(history, path, title=""):
+    """Loss and tutorial IoU per epoch, for train and every scored split."""
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("loss", "iou")):
+        for split, style in (("train", "-o"), ("val", "-s"), ("test", "-^")):
+            key = f"{split}_{metric}"
+            if history and key in history[0]:
+                ax.plot(epochs, [r[key] for r in history], style, ms=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("IoU (tutorial definition)" if metric == "iou" else "loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_title(f"{title} loss")
+    axes[1].set_title(f"{title} IoU")
+    _save(fig, path)
+
+
+def plot_predictions(images, masks, preds, names, path):
+    """One row per slice: image, ground truth, prediction, and the pixels where they disagree."""
+    n = len(images)
+    fig, axes = plt.subplots(n, 4, figsize=(12, 3 * n), squeeze=False)
+    for row, (img, gt, pr, name) in enumerate(zip(images, masks, preds, names)):
+        wrong = gt != pr
+        cells = ((img, "gray", f"{name}"), (gt, LABEL_CMAP, "ground truth"), (pr, LABEL_CMAP, "prediction"))
+        for ax, (data, cmap, title) in zip(axes[row], cells):
+            ax.imshow(data, cmap=cmap, vmin=0, vmax=2 if cmap is LABEL_CMAP else None, interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+        axes[row, 3].imshow(img, cmap="gray")
+        axes[row, 3].imshow(np.ma.masked_where(~wrong, wrong), cmap=ListedColormap(["red"]), alpha=0.8,
+                            interpolation="nearest")
+        axes[row, 3].set_title(f"errors ({wrong.mean():.1%} of pixels)", fontsize=9)
+        for ax in axes[row]:
+            ax.axis("off")
+    fig.suptitle("white matter = light, gray matter = gray, background = black; errors in red", fontsize=10)
+    _save(fig, path)
+
+
+def plot_overlay(image, labels, path, title=""):
+    """Slices of an input with its predicted tissues overlaid (white matter blue, gray matter orange)."""
+    images, labels = np.atleast_3d(image), labels
+    if image.ndim == 2:
+        images, labels = image[None], labels[None]
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6), squeeze=False)
+    tissue_cmap = ListedColormap(["#1f77b4", "#ff7f0e"])
+    for ax, img, lab in zip(axes[0], images, labels):
+        ax.imshow(img, cmap="gray")
+        ax.imshow(np.ma.masked_where(lab > 1, lab), cmap=tissue_cmap, vmin=0, vmax=1, alpha=0.45,
+                  interpolation="nearest")
+        ax.axis("off")
+    fig.suptitle(f"{title}  (white matter blue, gray matter orange)", fontsize=10)
+    _save(fig, path)

@@ -1,0 +1,27 @@
+"""Stage train: data/manifest.csv -> models/model.pt, per-epoch curves in reports/train (DVCLive)."""
+import sys
+
+from mriseg.data import archive_metadata, load_split, read_manifest
+from mriseg.models import PretrainedWeightsUnavailable
+from mriseg.params import load_params
+from mriseg.training import train
+
+
+def main():
+    params = load_params()
+    manifest = read_manifest("data/manifest.csv")
+    x, y, rows = load_split(manifest, "train")
+    evals = {s: load_split(manifest, s)[:2] for s in ("val", "test")}
+    meta = archive_metadata("data/MRIs")
+    print(f"train {len(x)} slices {tuple(x.shape[2:])}, val {len(evals['val'][0])}, test {len(evals['test'][0])}; "
+          f"model {params['model']}")
+    try:
+        train(params["train"], params["model"], (x, y), evals, "models/model.pt", "models/resume.pt",
+              live_dir="reports/train", eval_batch_size=params["train"]["eval_batch_size"],
+              extra={**meta, "input_size": list(x.shape[2:])})
+    except PretrainedWeightsUnavailable as e:
+        sys.exit(f"train: error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -39,7 +39,7 @@ def plot_curves(history, path, title=""):
 def plot_predictions(images, masks, preds, names, path):
     """One row per slice: image, ground truth, prediction, and the pixels where they disagree."""
     n = len(images)
-    fig, axes = plt.subplots(n, 4, figsize=(12, 3 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 4, figsize=(12, 3 * n), squeeze=False, layout="constrained")
     for row, (img, gt, pr, name) in enumerate(zip(images, masks, preds, names)):
         wrong = gt != pr
         cells = ((img, "gray", f"{name}"), (gt, LABEL_CMAP, "ground truth"), (pr, LABEL_CMAP, "prediction"))

@@ -195,7 +195,8 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
                 row.update({f"{split}_loss": r["loss"], f"{split}_iou": r["iou"],
                             **{f"{split}_{k}": v for k, v in scores(r["confusion"]).items()}})
         history.append(row)
-        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={row[k]:.4f}" for k in row
+                                                      if k.endswith(("_loss", "_iou", "_dice_gray_matter"))))
         if "val" in eval_sets and len(eval_sets["val"][0]) and row["val_iou"] > best["score"]:
             best = {"score": row["val_iou"], "epoch": epoch + 1,
                     "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}

@@ -83,6 +83,8 @@ def _check_entry(info, archive):
 
 def load_npy(data, where):
     """Parse .npy bytes without ever unpickling."""
+    if not data.startswith(b"\x93NUMPY"):
+        raise ArchiveError(f"{where}: not a valid .npy file (no NumPy header)")
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as e:

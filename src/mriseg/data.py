@@ -31,8 +31,12 @@ def list_pairs(root):
                      "subject": m["subject"] if m else "", "slice": int(m["slice"]) if m else -1})
     if not rows:
         raise SystemExit(f"{root}/MRIs: no images (run the unzip stage first)")
-    # Sorted by name, never by listing order: the same manifest on every file system.
-    return sorted(rows, key=lambda r: (natural_key(r["ix"]), r["image"]))
+    return sorted(rows, key=pair_order)
+
+
+def pair_order(row):
+    # By index then name, never by listing order: the same manifest on every file system.
+    return natural_key(row["ix"]), row["image"]
 
 
 def _count(size, total, what):
@@ -46,6 +50,7 @@ def _count(size, total, what):
 
 def make_split(rows, by="auto", test_size=0.2, val_size=0, seed=42):
     """Assign each pair to train/val/test, by subject when subjects are known (none on two sides)."""
+    rows = sorted(rows, key=pair_order)
     subjects = {r["subject"] for r in rows}
     if by == "auto":
         by = "subject" if "" not in subjects and len(subjects) > 1 else "slice"

@@ -1,0 +1,95 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mriseg.archive import write_archive
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_IBSR = ROOT.parent / "shared" / "data" / "ibsr18-dev"
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "src", ".dvcignore"]
+
+
+def synthetic_pair(rng, h=48, w=40):
+    """A toy 'brain': an ellipse of white matter inside a ring of gray matter, with noise."""
+    yy, xx = np.mgrid[:h, :w]
+    cy, cx = h / 2 + rng.uniform(-3, 3), w / 2 + rng.uniform(-3, 3)
+    ry, rx = rng.uniform(0.3, 0.42) * h, rng.uniform(0.3, 0.42) * w
+    r = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
+    mask = np.full((h, w), 2, np.uint8)
+    mask[r < 1] = 1
+    mask[r < 0.45] = 0
+    image = np.choose(mask, [0.9, 0.55, 0.02]).astype(np.float32) + rng.normal(0, 0.03, (h, w)).astype(np.float32)
+    return np.clip(image, 0, 1), mask
+
+
+def make_tiny_archive(path, n=24, h=48, w=40, seed=0, name="img"):
+    rng = np.random.default_rng(seed)
+    pairs = [(f"{name}_{i}.npy", *synthetic_pair(rng, h, w)) for i in range(n)]
+    write_archive(path, pairs)
+    return path
+
+
+@pytest.fixture
+def tiny_archive(tmp_path):
+    return make_tiny_archive(tmp_path / "tiny.zip")
+
+
+def run(cmd, cwd, check=True, env=None, timeout=900):
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout,
+                       shell=isinstance(cmd, str))
+    if check and r.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def make_project(dest, params_override=None):
+    """A copy of the DVC project in a fresh git repository, as a user's clone would be."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif src.exists():
+            shutil.copy(src, dest / name)
+    shutil.copy(ROOT / ".gitignore", dest / ".gitignore")
+    if params_override:
+        set_params(dest, params_override)
+    run(["git", "init", "-q"], dest)
+    run(["git", "config", "user.email", "test@example.com"], dest)
+    run(["git", "config", "user.name", "test"], dest)
+    run(["dvc", "init", "-q"], dest)
+    run(["dvc", "config", "core.analytics", "false"], dest)
+    run("git add -A && git commit -qm init", dest)
+    return dest
+
+
+def set_params(project, overrides):
+    import yaml
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for key, value in overrides.items():
+        node = params
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(autouse=True)
+def _quiet_env(monkeypatch):
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+
+
+def python():
+    return sys.executable
+
+
+def tree_snapshot(root):
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if ".git" not in p.parts and ".dvc" not in p.parts)

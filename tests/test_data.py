@@ -1,0 +1,72 @@
+import random
+
+import numpy as np
+import pytest
+
+from mriseg.archive import extract_archive
+from mriseg.data import list_pairs, load_split, make_split, read_manifest, write_manifest
+from conftest import make_tiny_archive
+
+
+def rows_for(names):
+    return [{"image": f"d/MRIs/{n}.npy", "mask": f"d/Segmentations/segm_{n.rsplit('_', 1)[1]}.npy",
+             "ix": n.rsplit("_", 1)[1], "subject": "", "slice": -1} for n in names]
+
+
+def test_split_is_deterministic_and_independent_of_listing_order():
+    names = [f"img_{i}" for i in range(50)]
+    a = make_split(rows_for(names), test_size=10, seed=3)
+    shuffled = rows_for(names)
+    random.Random(0).shuffle(shuffled)
+    b = make_split(shuffled, test_size=10, seed=3)
+    assert dict(zip(a["image"], a["split"])) == dict(zip(b["image"], b["split"]))
+    assert (a["split"] == "test").sum() == 10
+    c = make_split(rows_for(names), test_size=10, seed=4)
+    assert dict(zip(a["image"], a["split"])) != dict(zip(c["image"], c["split"]))
+
+
+def test_list_pairs_sorts_by_index_not_by_directory_order(tmp_path):
+    extract_archive(make_tiny_archive(tmp_path / "t.zip", n=12), tmp_path / "MRIs")
+    rows = list_pairs(tmp_path / "MRIs")
+    assert [r["ix"] for r in rows] == [str(i) for i in range(12)]
+    assert all(r["mask"].endswith(f"segm_{r['ix']}.npy") for r in rows)
+
+
+def test_fraction_count_and_validation_part():
+    rows = rows_for([f"s_{i}" for i in range(40)])
+    df = make_split(rows, test_size=0.25, val_size=5, seed=0)
+    assert df["split"].value_counts().to_dict() == {"train": 25, "test": 10, "val": 5}
+    with pytest.raises(SystemExit, match="split.test_size"):
+        make_split(rows, test_size=40)
+
+
+def test_split_by_subject_never_leaks():
+    rows = []
+    for s in range(6):
+        for z in range(10):
+            n = f"sub-IBSR_{s:02d}_slice-{z:03d}_{s * 100 + z}"
+            rows.append({**rows_for([n])[0], "subject": f"IBSR_{s:02d}", "slice": z})
+    df = make_split(rows, by="auto", test_size=2, val_size=1, seed=0)
+    sides = df.groupby("subject")["split"].nunique()
+    assert (sides == 1).all()
+    assert df.drop_duplicates("subject")["split"].value_counts().to_dict() == {"train": 3, "test": 2, "val": 1}
+
+
+def test_subject_split_refused_without_subjects():
+    with pytest.raises(SystemExit, match="carry no subject"):
+        make_split(rows_for(["a_1", "a_2", "a_3"]), by="subject", test_size=1)
+
+
+def test_manifest_round_trip_and_load_pads_mixed_sizes(tmp_path):
+    extract_archive(make_tiny_archive(tmp_path / "t.zip", n=6, h=30, w=20), tmp_path / "MRIs")
+    big = np.zeros((34, 22), np.float32)
+    np.save(tmp_path / "MRIs" / "MRIs" / "img_0.npy", big)
+    np.save(tmp_path / "MRIs" / "Segmentations" / "segm_0.npy", np.zeros((34, 22), np.uint8))
+    df = make_split(list_pairs(tmp_path / "MRIs"), test_size=2, seed=0)
+    write_manifest(df, tmp_path / "manifest.csv")
+    back = read_manifest(tmp_path / "manifest.csv")
+    assert back.equals(df)
+    x, y, rows = load_split(back, "train")
+    x_all, _, _ = load_split(back.assign(split="train"), "train")
+    assert x_all.shape[2:] == (34, 22)
+    assert x.dtype.is_floating_point and str(y.dtype) == "torch.uint8"

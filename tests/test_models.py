@@ -1,0 +1,64 @@
+import pytest
+import torch
+from torchvision.models import ResNet18_Weights, resnet18
+
+from mriseg.models import (PretrainedWeightsUnavailable, UNet, UNetResNet, build_model, count_parameters, pad_to)
+
+
+def test_parameter_counts_match_the_recipe():
+    assert count_parameters(UNet()) == 483_571
+    assert count_parameters(UNetResNet()) == 14_750_635
+
+
+@pytest.mark.parametrize("name", ["unet", "resnet"])
+@pytest.mark.parametrize("shape", [(394, 394), (99, 131), (64, 48)])
+def test_output_has_input_size_on_odd_and_non_square_slices(name, shape):
+    model = build_model(name).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, *shape))
+    assert out.shape == (2, 3, *shape)
+
+
+def test_pad_to_pads_left_top_per_axis_and_crops_when_negative():
+    x = torch.ones(1, 1, 4, 6)
+    ref = torch.zeros(1, 1, 5, 9)
+    y = pad_to(x, ref)
+    assert y.shape == (1, 1, 5, 9)
+    assert y[0, 0, 0].sum() == 0 and y[0, 0, :, :3].sum() == 0  # padding on top and left only
+    assert y[0, 0, 1:, 3:].eq(1).all()
+    assert pad_to(torch.ones(1, 1, 6, 8), torch.zeros(1, 1, 5, 7)).shape == (1, 1, 5, 7)
+
+
+def _fake_imagenet_cache(torch_home):
+    """A ResNet18 weights file where torchvision's weights API looks for it (TORCH_HOME/hub/checkpoints)."""
+    weights = ResNet18_Weights.IMAGENET1K_V1
+    ckpt_dir = torch_home / "hub" / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    torch.manual_seed(123)
+    state = resnet18().state_dict()
+    torch.save(state, ckpt_dir / weights.url.rsplit("/", 1)[-1])
+    return state
+
+
+def test_pretrained_weights_load_from_the_torch_home_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    state = _fake_imagenet_cache(tmp_path)
+    model = UNetResNet(pretrained=True, stem_init="average")
+    assert torch.equal(model.encoder.layer3[0].conv1.weight, state["layer3.0.conv1.weight"])
+    # The 1-channel stem is the mean of the pretrained RGB kernels.
+    assert torch.allclose(model.encoder.conv1.weight, state["conv1.weight"].mean(dim=1, keepdim=True))
+    random_stem = UNetResNet(pretrained=True, stem_init="random")
+    assert not torch.allclose(random_stem.encoder.conv1.weight, model.encoder.conv1.weight)
+
+
+def test_pretrained_without_cache_offline_says_how_to_proceed(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    # Route the download to a closed loopback port, so the test is offline wherever it runs.
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    with pytest.raises(PretrainedWeightsUnavailable) as err:
+        UNetResNet(pretrained=True)
+    msg = str(err.value)
+    assert "train.pretrained=false" in msg and str(tmp_path) in msg and "\n" not in msg

@@ -157,7 +157,7 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
 
         # A fresh run clears the old curves; a resumed one appends to them.
         live = Live(live_dir, resume=start > 0, dvcyaml=None, save_dvc_exp=False)
-        live.step = start
+        live.step = start + 1  # steps are epoch numbers
 
     x_dev, y_dev = to_device(x_train, device, channels_last), to_device(y_train, device)
     n, bs = len(x_train), cfg["batch_size"]

@@ -1,0 +1,104 @@
+"""The DVC pipeline for real: a temporary git repo, `dvc repro`, `dvc exp run -S`, `dvc metrics diff`."""
+import json
+import os
+import signal
+import subprocess
+import time
+import zipfile
+
+import pandas as pd
+import pytest
+
+from conftest import make_project, make_tiny_archive, run, set_params
+
+STAGES = ("fetch", "unzip", "split", "train", "evaluate")
+
+
+def ran(output):
+    return {s for s in STAGES if f"Running stage '{s}'" in output}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    archive = make_tiny_archive(tmp / "tiny.zip", n=30)
+    proj = make_project(tmp / "proj", {"data.archive": str(archive), "train.epochs": 2, "split.test_size": 6,
+                                       "evaluate.num_examples": 3})
+    out = run(["dvc", "repro"], proj).stdout
+    assert ran(out) == set(STAGES)
+    return proj
+
+
+def test_repro_writes_metrics_and_reports(project):
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    for key in ("iou", "iou_white_matter", "iou_gray_matter", "dice_white_matter", "dice_gray_matter", "loss"):
+        assert 0 <= metrics[key] <= (1 if key != "loss" else 10), key
+    assert metrics["test_slices"] == 6
+    for png in ("curves.png", "predictions.png"):
+        assert (project / "reports" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = pd.read_csv(project / "data" / "manifest.csv")
+    assert manifest["split"].value_counts().to_dict() == {"train": 24, "test": 6}
+    loss = pd.read_csv(project / "reports/train/plots/metrics/test/loss.tsv", sep="\t")
+    assert list(loss["step"]) == [1, 2]
+
+
+def test_nothing_changed_runs_nothing(project):
+    out = run(["dvc", "repro"], project).stdout
+    assert ran(out) == set() and "up to date" in out
+
+
+def test_exp_run_resnet_reruns_only_train_and_evaluate_and_metrics_diff(project):
+    run("git add -A && git commit -qm 'unet baseline'", project)
+    before = json.loads((project / "reports" / "metrics.json").read_text())
+    out = run(["dvc", "exp", "run", "-S", "model=resnet", "-S", "train.pretrained=false"], project).stdout
+    assert ran(out) == {"train", "evaluate"}
+    after = json.loads((project / "reports" / "metrics.json").read_text())
+    assert after != before
+    diff = run(["dvc", "metrics", "diff", "--json"], project).stdout
+    changes = json.loads(diff)["reports/metrics.json"]
+    assert changes["iou"]["old"] == pytest.approx(before["iou"]) and changes["iou"]["new"] == pytest.approx(after["iou"])
+    show = run(["dvc", "exp", "show", "--csv"], project).stdout
+    assert "model" in show.splitlines()[0] and "resnet" in show
+    run(["dvc", "plots", "show", "-o", "plots_html"], project)
+    assert (project / "plots_html" / "index.html").exists()
+
+
+def test_split_param_reruns_split_train_evaluate(project):
+    out = run(["dvc", "exp", "run", "-S", "split.seed=7"], project).stdout
+    assert ran(out) == {"split", "train", "evaluate"}
+
+
+def test_bad_archive_fails_unzip_cleanly_and_keeps_good_data(project, tmp_path):
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("MRIs/MRIs/img_1.npy", b"not numpy at all")
+        zf.writestr("MRIs/Segmentations/segm_1.npy", b"not numpy either")
+    data_before = sorted(p.relative_to(project).as_posix() for p in (project / "data" / "MRIs").rglob("*"))
+    set_params(project, {"data.archive": str(bad)})
+    r = run(["dvc", "repro", "unzip"], project, check=False)
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if line.startswith("unzip: error:")]
+    assert len(errors) == 1 and "img_1.npy" in errors[0] and "not a valid .npy" in errors[0]
+    assert sorted(p.relative_to(project).as_posix() for p in (project / "data" / "MRIs").rglob("*")) == data_before
+    assert sorted(p.name for p in (project / "data").iterdir()) == [".gitignore", "MRIs", "archive.zip", "manifest.csv"]
+    run("git checkout -q params.yaml", project)
+
+
+def test_killed_dvc_train_resumes(project):
+    set_params(project, {"train.epochs": 40})
+    proc = subprocess.Popen(["dvc", "repro", "train"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    resume = project / "models" / "resume.pt"
+    deadline = time.time() + 300
+    while not resume.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert resume.exists(), "training wrote no per-epoch resume file"
+    out = run(["dvc", "repro", "train"], project).stdout
+    assert "resuming from models/resume.pt after epoch" in out
+    steps = pd.read_csv(project / "reports/train/plots/metrics/train/loss.tsv", sep="\t")["step"]
+    assert list(steps) == list(range(1, 41)), "the resumed curve continues without gaps or repeats"
+    assert not resume.exists()
+    run("git checkout -q params.yaml", project)

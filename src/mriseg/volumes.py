@@ -1,4 +1,6 @@
 """3-D volumes to 2-D slices and back, and the intensity normalisation shared by archives and prediction."""
+from pathlib import Path
+
 import numpy as np
 
 # The rule recorded in every archive and checkpoint: each volume on its own, robust percentiles of
@@ -33,3 +35,68 @@ def slice_pixel_size(zooms, axis="axial"):
     """(row, col) pixel size in mm of slices from to_slices, given canonical voxel zooms."""
     inplane = [z for i, z in enumerate(zooms[:3]) if i != AXES[axis]]
     return float(inplane[1]), float(inplane[0])
+
+
+class VolumeError(ValueError):
+    """An unreadable or unusable volume; one line naming the file."""
+
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mgz")
+
+
+def is_volume(path):
+    return str(path).lower().endswith(VOLUME_SUFFIXES)
+
+
+def volume_stem(path):
+    name = Path(path).name
+    for suffix in VOLUME_SUFFIXES + (".npy",):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)], name[len(name) - len(suffix):]
+    return Path(path).stem, Path(path).suffix
+
+
+def load_volume(path):
+    """A 3-D nibabel image; trailing axes of length 1 are squeezed, more than one frame is refused."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        shape = img.shape
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:
+        raise VolumeError(f"{path}: not a readable NIfTI/MGZ volume ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise VolumeError(f"{path}: expected a 3-D volume, got shape {shape} (one frame at a time, please)")
+    if not np.isfinite(data).all():
+        raise VolumeError(f"{path}: volume has NaN or infinite values")
+    return img, nib.Nifti1Image(np.asarray(data), img.affine)
+
+
+def resample_inplane(img3, axis="axial", pixel_size=None, order=1):
+    """Canonical (RAS+) orientation, in-plane voxels resampled to `pixel_size` mm (None: kept).
+
+    Slices then have square pixels of the size the model was trained on, without stretching anatomy.
+    """
+    import nibabel as nib
+    from nibabel.processing import resample_to_output
+
+    canon = nib.as_closest_canonical(img3)
+    if pixel_size is None:
+        return canon
+    zooms = list(canon.header.get_zooms()[:3])
+    target = [float(pixel_size)] * 3
+    target[AXES[axis]] = float(zooms[AXES[axis]])
+    if np.allclose(zooms, target, rtol=1e-3):
+        return canon
+    return resample_to_output(canon, voxel_sizes=target, order=order, cval=0)
+
+
+def back_to_grid(labels_img, reference_img3, background):
+    """Nearest-neighbour labels from a resampled grid onto the original voxel grid of the input."""
+    from nibabel.processing import resample_from_to
+
+    out = resample_from_to(labels_img, reference_img3, order=0, cval=background)
+    return np.asarray(out.dataobj).round().astype(np.uint8)

@@ -60,8 +60,9 @@ def tissue_counts(labels):
 
 
 def brain_slices(labels, n=5):
-    """Up to n evenly spaced slice indices among those with predicted tissue."""
-    has = np.nonzero((labels < 2).reshape(len(labels), -1).any(axis=1))[0]
+    """Up to n evenly spaced slice indices among those with at least a quarter of the most tissue."""
+    tissue = (labels < 2).reshape(len(labels), -1).sum(axis=1)
+    has = np.nonzero(tissue >= 0.25 * tissue.max())[0] if tissue.max() else np.arange(0)
     has = has if len(has) else np.arange(len(labels))
     return has[np.linspace(0, len(has) - 1, min(n, len(has))).round().astype(int)]
 

@@ -58,11 +58,9 @@ def plot_predictions(images, masks, preds, names, path):
 
 def plot_overlay(image, labels, path, title=""):
     """Slices of an input with its predicted tissues overlaid (white matter blue, gray matter orange)."""
-    images, labels = np.atleast_3d(image), labels
-    if image.ndim == 2:
-        images, labels = image[None], labels[None]
+    images, labels = (image[None], labels[None]) if image.ndim == 2 else (image, labels)
     n = len(images)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), squeeze=False, layout="constrained")
     tissue_cmap = ListedColormap(["#1f77b4", "#ff7f0e"])
     for ax, img, lab in zip(axes[0], images, labels):
         ax.imshow(img, cmap="gray")

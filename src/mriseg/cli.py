@@ -5,13 +5,15 @@ import sys
 
 def predict_command(args):
     from .models import CheckpointError
+    from tqdm import tqdm
+
     from .prediction import InputError, predict_files
 
     pixel = [float(v) for v in args.pixel_size.split(",")] if args.pixel_size else None
     try:
         failed = predict_files(args.model, args.out, args.inputs, device=args.device, batch_size=args.batch_size,
                                pixel_size=pixel, slice_thickness=args.slice_thickness,
-                               log=lambda m: print(m, file=sys.stderr))
+                               log=lambda m: tqdm.write(m, file=sys.stderr))
     except (CheckpointError, InputError) as e:
         print(f"predict: error: {e}", file=sys.stderr)
         return 2

@@ -111,10 +111,10 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
     from .reporting import plot_overlay
     from .volumes import VolumeError, is_volume, volume_stem
 
+    predictor = Predictor(checkpoint, device, batch_size)
     files = expand_inputs(inputs)
     if not files:
         raise InputError("no inputs given (slices .npy, folders of them, or .nii/.nii.gz/.mgz volumes)")
-    predictor = Predictor(checkpoint, device, batch_size)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, failed = [], 0

@@ -1,0 +1,142 @@
+"""`mriseg predict` on slices and NIfTI volumes: masks on the input's grid, volumes.csv, clear errors."""
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import SHARED_IBSR, synthetic_pair
+from test_training import run_train
+
+NORM = {"method": "percentile", "low": 0.5, "high": 99.5}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ckpt")
+    import test_training
+
+    ckpt = test_training.train({**test_training.CFG, "epochs": 8}, "unet", test_training.TRAIN,
+                               {"test": test_training.TEST}, tmp / "model.pt", tmp / "resume.pt",
+                               extra={"axis": "axial", "normalization": NORM, "pixel_size_mm": [1.0, 1.0]})
+    assert ckpt["history"][-1]["test_dice_white_matter"] > 0.8
+    return tmp / "model.pt"
+
+
+def synthetic_volume(path, zooms=(1.0, 1.0, 2.0), frames=1, flip_x=True):
+    """An ellipsoid 'brain' (white matter core, gray matter shell) at 1 mm in-plane, LAS when flip_x."""
+    shape = (40, 48, 10)
+    zz, yy, xx = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), np.arange(shape[2]), indexing="ij")
+    r = ((zz - 20) / 15) ** 2 + ((yy - 24) / 18) ** 2 + ((xx - 4.5) / 30) ** 2
+    labels = np.full(shape, 2, np.uint8)
+    labels[r < 1] = 1
+    labels[r < 0.45] = 0
+    image = np.choose(labels, [180.0, 110.0, 4.0]) + np.random.default_rng(0).normal(0, 5, shape)
+    image = np.clip(image, 0, None).astype(np.int16)
+    affine = np.diag([-zooms[0] if flip_x else zooms[0], zooms[1], zooms[2], 1.0])
+    data = np.repeat(image[..., None], frames, axis=3)
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return labels, affine
+
+
+def mriseg(*args, check=False):
+    return subprocess.run([sys.executable, "-m", "mriseg", *map(str, args)], capture_output=True, text=True)
+
+
+def test_volume_mask_keeps_the_input_grid_and_volumes_add_up(checkpoint, tmp_path):
+    truth, affine = synthetic_volume(tmp_path / "sub01.nii.gz")
+    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out", tmp_path / "sub01.nii.gz")
+    assert r.returncode == 0, r.stderr
+    mask_img = nib.load(tmp_path / "out" / "sub01_mask.nii.gz")
+    assert mask_img.shape == (40, 48, 10, 1) and np.allclose(mask_img.affine, affine)
+    mask = np.asarray(mask_img.dataobj)[..., 0]
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1, 2}
+    for c in (0, 1):
+        dice = 2 * ((mask == c) & (truth == c)).sum() / ((mask == c).sum() + (truth == c).sum())
+        assert dice > 0.75, (c, dice)
+    row = pd.read_csv(tmp_path / "out" / "volumes.csv").iloc[0]
+    assert row["white_matter_voxels"] == (mask == 0).sum() and row["gray_matter_voxels"] == (mask == 1).sum()
+    assert row["white_matter_ml"] == pytest.approx((mask == 0).sum() * 2.0 / 1000)  # 1 x 1 x 2 mm voxels
+    assert row["gray_white_ratio"] == pytest.approx(row["gray_matter_voxels"] / row["white_matter_voxels"])
+    assert (tmp_path / "out" / "sub01_overlay.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_anisotropic_in_plane_voxels_are_resampled_and_mapped_back(checkpoint, tmp_path):
+    truth, affine = synthetic_volume(tmp_path / "aniso.nii", zooms=(1.0, 1.0, 1.0))
+    # The same anatomy stored with 2 mm voxels along y: half the samples.
+    img = nib.load(tmp_path / "aniso.nii", mmap=False)
+    data = np.asarray(img.dataobj)[:, ::2].copy()
+    nib.save(nib.Nifti1Image(data, np.diag([-1.0, 2.0, 1.0, 1.0])), tmp_path / "aniso.nii")
+    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out", tmp_path / "aniso.nii")
+    assert r.returncode == 0, r.stderr
+    mask = np.asarray(nib.load(tmp_path / "out" / "aniso_mask.nii").dataobj)
+    assert mask.shape == (40, 24, 10, 1)
+    wm = (mask == 0).sum() * 2.0
+    assert wm == pytest.approx((truth == 0).sum(), rel=0.2)
+
+
+def test_slices_and_folders(checkpoint, tmp_path):
+    rng = np.random.default_rng(5)
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        np.save(tmp_path / "in" / f"slice_{i}.npy", synthetic_pair(rng)[0])
+    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out", tmp_path / "in")
+    assert r.returncode == 0, r.stderr
+    for i in range(3):
+        m = np.load(tmp_path / "out" / f"slice_{i}_mask.npy")
+        assert m.shape == (48, 40) and m.dtype == np.uint8
+    df = pd.read_csv(tmp_path / "out" / "volumes.csv")
+    assert len(df) == 3 and df["white_matter_ml"].isna().all()
+    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out2", "--pixel-size", "0.5",
+               tmp_path / "in" / "slice_0.npy")
+    row = pd.read_csv(tmp_path / "out2" / "volumes.csv").iloc[0]
+    assert row["white_matter_mm2"] == pytest.approx(row["white_matter_voxels"] * 0.25)
+    assert row["white_matter_ml"] == pytest.approx(row["white_matter_voxels"] * 0.25 / 1000)
+
+
+def test_one_bad_input_does_not_stop_the_others(checkpoint, tmp_path):
+    synthetic_volume(tmp_path / "good.nii.gz")
+    synthetic_volume(tmp_path / "movie.nii.gz", frames=2)
+    (tmp_path / "garbage.nii.gz").write_bytes(b"definitely not nifti")
+    np.save(tmp_path / "cube.npy", np.zeros((4, 4, 4), np.float32))
+    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out", tmp_path / "movie.nii.gz",
+               tmp_path / "garbage.nii.gz", tmp_path / "good.nii.gz", tmp_path / "cube.npy", tmp_path / "missing.npy")
+    assert r.returncode == 1
+    errors = [line for line in r.stderr.splitlines() if line.startswith("predict: error:")]
+    assert len(errors) == 4
+    assert any("movie.nii.gz" in e and "3-D" in e for e in errors)
+    assert any("garbage.nii.gz" in e and "not a readable" in e for e in errors)
+    assert any("cube.npy" in e and "2-D" in e for e in errors)
+    assert any("missing.npy" in e for e in errors)
+    assert list(pd.read_csv(tmp_path / "out" / "volumes.csv")["file"]) == [str(tmp_path / "good.nii.gz")]
+
+
+def test_checkpoint_and_empty_input_errors(checkpoint, tmp_path):
+    r = mriseg("predict", "--model", tmp_path / "nope.pt", "--out", tmp_path / "o", checkpoint)
+    assert r.returncode == 2 and "nope.pt: no such checkpoint" in r.stderr
+    ckpt = torch.load(checkpoint, weights_only=True)
+    del ckpt["normalization"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    r = mriseg("predict", "--model", tmp_path / "old.pt", "--out", tmp_path / "o", tmp_path)
+    assert r.returncode == 2 and "missing normalization" in r.stderr
+    (tmp_path / "text.pt").write_text("hello")
+    r = mriseg("predict", "--model", tmp_path / "text.pt", "--out", tmp_path / "o", tmp_path)
+    assert r.returncode == 2 and "not a loadable mriseg checkpoint" in r.stderr
+    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "o")
+    assert r.returncode == 2 and "no inputs" in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "o", tmp_path / "empty")
+    assert r.returncode == 2 and "empty" in r.stderr
+
+
+@pytest.mark.skipif(not SHARED_IBSR.exists(), reason="../shared/data/ibsr18-dev is absent (real IBSR volumes)")
+def test_real_ibsr_volume_keeps_its_4d_shape_and_affine(checkpoint, tmp_path):
+    src = SHARED_IBSR / "IBSR_16.nii.gz"
+    r = subprocess.run(["mriseg", "predict", "--model", str(checkpoint), "--out", str(tmp_path), str(src)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out, ref = nib.load(tmp_path / "IBSR_16_mask.nii.gz"), nib.load(src)
+    assert out.shape == ref.shape == (256, 128, 256, 1) and np.allclose(out.affine, ref.affine)

@@ -3,6 +3,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -163,6 +164,7 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
     n, bs = len(x_train), cfg["batch_size"]
     for epoch in range(start, epochs):
         step_model.train()
+        t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen).to(device)
         total_loss = torch.zeros((), device=device)
         total_iou = torch.zeros((), device=device)
@@ -188,6 +190,8 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
 
         row = {"epoch": epoch + 1, "train_loss": float(total_loss) / n, "train_iou": float(total_iou) / len(batches),
                **{f"train_{k}": v for k, v in scores(cm.cpu()).items()}}
+        seconds = time.perf_counter() - t0  # float(total_loss) above waited for the device
+        row.update({"train_seconds": seconds, "train_images_per_s": n / seconds})
         for split, (x, y) in eval_sets.items():
             if len(x):
                 r = evaluate(step_model, x, y, eval_batch_size, device, amp, loss_name, activation,

@@ -1,0 +1,156 @@
+"""Training throughput: the tutorial's loop against mriseg's, same data, model and machine, one run.
+
+The tutorial loop is re-implemented faithfully: a Dataset that np.loads each slice and one-hot encodes
+its mask on the CPU per item, a DataLoader, fp32, and `.item()` on the loss every batch. mriseg's loop
+is `mriseg.training.train` itself (whole split in memory, one-hot and metrics on the device, bf16
+autocast, channels_last). Each measurement runs in its own process so peak memory is its own.
+
+    python benchmarks/train_throughput.py                 # CPU, 208 px, both networks (< 5 min on 2 cores)
+    python benchmarks/train_throughput.py --device cuda   # GPU, 394 px (the tutorial's size), 325 slices
+"""
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mriseg.metrics import tutorial_iou
+from mriseg.models import build_model
+from mriseg.training import train
+
+
+def make_slices(folder, n, size, seed=0):
+    """n tutorial-layout pairs on disk: smooth random images, masks of three tissue classes."""
+    rng = np.random.default_rng(seed)
+    (folder / "MRIs").mkdir(parents=True, exist_ok=True)
+    (folder / "Segmentations").mkdir(exist_ok=True)
+    yy, xx = np.mgrid[:size, :size] / size
+    for i in range(n):
+        r = np.hypot(yy - rng.uniform(0.4, 0.6), xx - rng.uniform(0.4, 0.6))
+        mask = np.where(r < 0.2, 0, np.where(r < 0.35, 1, 2)).astype(np.uint8)
+        image = (np.choose(mask, [0.9, 0.55, 0.02]) + rng.normal(0, 0.03, mask.shape)).astype(np.float32)
+        np.save(folder / "MRIs" / f"img_{i}.npy", image)
+        np.save(folder / "Segmentations" / f"segm_{i}.npy", mask)
+
+
+class TutorialDataset(torch.utils.data.Dataset):
+    def __init__(self, folder):
+        self.images = sorted((folder / "MRIs").glob("*.npy"))
+        self.folder = folder
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        image = np.load(self.images[i])
+        mask = np.load(self.folder / "Segmentations" / f"segm_{self.images[i].stem.split('_')[-1]}.npy")
+        onehot = np.eye(3)[mask]  # per item, on the CPU, float64 as in the tutorial
+        return torch.tensor(image).unsqueeze(0), torch.tensor(onehot).permute(2, 0, 1).float()
+
+
+def tutorial_loop(model_name, folder, device, epochs, batch_size):
+    torch.manual_seed(0)
+    model = build_model(model_name).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+    dl = torch.utils.data.DataLoader(TutorialDataset(folder), batch_size=batch_size, shuffle=True)
+    criterion = torch.nn.BCEWithLogitsLoss()
+    speeds = []
+    for _ in range(epochs):
+        model.train()
+        t0, seen, losses, ious = time.perf_counter(), 0, [], []
+        for x, y in dl:
+            x, y = x.to(device), y.to(device)
+            opt.zero_grad()
+            y_hat = model(x)
+            loss = criterion(y_hat, y)
+            loss.backward()
+            opt.step()
+            ious.append(tutorial_iou(y_hat, y.argmax(1)).item())
+            losses.append(loss.item())
+            seen += len(x)
+        speeds.append(seen / (time.perf_counter() - t0))
+    return speeds[-1], float(np.mean(losses))
+
+
+def mriseg_loop(model_name, folder, device, epochs, batch_size, **switches):
+    names = sorted((folder / "MRIs").glob("*.npy"))
+    x = torch.from_numpy(np.stack([np.load(p) for p in names]))[:, None]
+    y = torch.from_numpy(np.stack([np.load(folder / "Segmentations" / f"segm_{p.stem.split('_')[-1]}.npy")
+                                   for p in names]))
+    cfg = {"epochs": epochs, "batch_size": batch_size, "lr": 3e-4, "pretrained": False, "stem_init": "random",
+           "loss": "bce", "augment": False, "schedule": "constant", "device": str(device), "seed": 0,
+           "amp": True, "channels_last": True, "compile": False, "cudnn_benchmark": True, **switches}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = train(cfg, model_name, (x, y), {}, Path(tmp) / "m.pt", Path(tmp) / "r.pt")
+    last = ckpt["history"][-1]
+    return last["train_images_per_s"], last["train_loss"]
+
+
+def worker(args):
+    device = torch.device(args.device)
+    folder = Path(args.data)
+    if args.loop == "tutorial":
+        speed, loss = tutorial_loop(args.model, folder, device, args.epochs, args.batch_size)
+    else:
+        speed, loss = mriseg_loop(args.model, folder, device, args.epochs, args.batch_size, compile=args.compile)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"images_per_s": speed, "peak_mb": peak, "loss": loss}))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--size", type=int, help="slice size in pixels (default 208 on cpu, 394 on cuda)")
+    p.add_argument("--slices", type=int, help="training slices (default 32 on cpu, 325 on cuda)")
+    p.add_argument("--epochs", type=int, default=2, help="the last epoch is timed; the first warms up")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--models", default="unet,resnet")
+    p.add_argument("--compile", action="store_true", help="also time mriseg with train.compile=true")
+    p.add_argument("--worker", nargs=2, metavar=("LOOP", "MODEL"), help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        args.loop, args.model = args.worker
+        return worker(args)
+
+    size = args.size or (394 if args.device == "cuda" else 208)
+    n = args.slices or (325 if args.device == "cuda" else 32)
+    name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"# {name}; {n} slices of {size} x {size}, batch {args.batch_size}, timed epoch {args.epochs} of {args.epochs}")
+    loops = ["tutorial", "mriseg"] + (["mriseg-compile"] if args.compile else [])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        make_slices(Path(tmp), n, size)
+        for model in args.models.split(","):
+            base = None
+            for loop in loops:
+                cmd = [sys.executable, __file__, "--worker", loop.split("-")[0], model, "--data", tmp,
+                       "--device", args.device, "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
+                if loop.endswith("compile"):
+                    cmd.append("--compile")
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    sys.exit(f"{loop} {model} failed:\n{out.stderr[-2000:]}")
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                base = base or r["images_per_s"]
+                rows.append((model, loop, r["images_per_s"], r["peak_mb"], r["images_per_s"] / base, r["loss"]))
+                print(f"  {model:6s} {loop:14s} {r['images_per_s']:8.1f} images/s", file=sys.stderr)
+    mem = "peak GPU MB" if args.device == "cuda" else "peak RSS MB"
+    print(f"| model | loop | images/s | {mem} | speed-up | last-epoch loss |")
+    print("|---|---|---|---|---|---|")
+    for model, loop, speed, peak, ratio, loss in rows:
+        print(f"| {model} | {loop} | {speed:.1f} | {peak:.0f} | {ratio:.2f}x | {loss:.4f} |")
+
+
+if __name__ == "__main__":
+    main()

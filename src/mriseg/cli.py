@@ -20,6 +20,19 @@ def predict_command(args):
     return 1 if failed else 0
 
 
+def make_archive_command(args):
+    from .make_archive import SourceError, VolumeError, make_archive
+
+    try:
+        n_subjects, n_slices = make_archive(args.src, args.out, labels=args.labels, axis=args.axis,
+                                            pixel_size=args.pixel_size, min_tissue=args.min_tissue)
+    except (SourceError, VolumeError) as e:
+        print(f"make-archive: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{n_subjects} subjects, {n_slices} slices -> {args.out} (use it with data.archive: {args.out})")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="mriseg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -33,6 +46,16 @@ def main(argv=None):
     p.add_argument("--pixel-size", help="mm per pixel of .npy slices: one value or ROW,COL (gives areas)")
     p.add_argument("--slice-thickness", type=float, default=1.0, help="mm, for the ml columns of .npy slices")
     p.set_defaults(func=predict_command)
+
+    m = sub.add_parser("make-archive", help="labelled NIfTI/MGZ volumes -> a zip in the tutorial's layout")
+    m.add_argument("src", help="folder of <subject>.nii.gz + <subject>_seg.nii.gz, or FreeSurfer subject folders")
+    m.add_argument("--out", required=True, help="the zip to write")
+    m.add_argument("--labels", default="ibsr",
+                   help="ibsr | freesurfer-aseg | fsl-fast | an explicit map like '3:0,2:1' (0 WM, 1 GM, rest background)")
+    m.add_argument("--axis", default="axial", choices=["axial", "coronal", "sagittal"])
+    m.add_argument("--pixel-size", type=float, default=1.0, help="in-plane mm after resampling (0: keep voxels)")
+    m.add_argument("--min-tissue", type=int, default=100, help="keep slices with at least this many tissue pixels")
+    m.set_defaults(func=make_archive_command)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -75,7 +75,7 @@ def load_volume(path):
     return img, nib.Nifti1Image(np.asarray(data), img.affine)
 
 
-def resample_inplane(img3, axis="axial", pixel_size=None, order=1):
+def resample_inplane(img3, axis="axial", pixel_size=None, order=1, cval=0):
     """Canonical (RAS+) orientation, in-plane voxels resampled to `pixel_size` mm (None: kept).
 
     Slices then have square pixels of the size the model was trained on, without stretching anatomy.
@@ -91,7 +91,7 @@ def resample_inplane(img3, axis="axial", pixel_size=None, order=1):
     target[AXES[axis]] = float(zooms[AXES[axis]])
     if np.allclose(zooms, target, rtol=1e-3):
         return canon
-    return resample_to_output(canon, voxel_sizes=target, order=order, cval=0)
+    return resample_to_output(canon, voxel_sizes=target, order=order, cval=cval)
 
 
 def back_to_grid(labels_img, reference_img3, background):

@@ -1,0 +1,144 @@
+"""`mriseg make-archive`: labelled volumes (NIfTI/MGZ) -> a zip in the tutorial's layout.
+
+Sources: a folder of pairs `<subject>.nii.gz` + `<subject>_seg.nii.gz` (also .nii/.mgz), FreeSurfer
+subject folders (`<subject>/mri/norm.mgz` + `aseg.mgz`), or FSL FAST outputs (`<subject>.nii.gz` +
+`<subject>_pve_0/1/2.nii.gz`). Every volume is put in RAS+ orientation, resampled in-plane to square
+pixels (`--pixel-size`, linear for images, nearest for labels: anatomy is never stretched),
+normalised on its own (robust percentiles to [0, 1]), and cut into slices along `--axis`; slices with
+at least `--min-tissue` labelled tissue pixels are kept and centre-padded (never stretched) to one
+size. Images are named `sub-<subject>_slice-<n>_<ix>.npy`, so the pairing rule holds and the split
+stage keeps each subject on one side.
+"""
+import re
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .archive import write_archive
+from .io import atomic_path
+from .volumes import NORMALIZATION, VolumeError, load_volume, normalize_volume, resample_inplane, to_slices
+
+# FreeSurfer aseg labels (FreeSurferColorLUT). Brainstem goes to white matter, as in IBSR's tracings.
+ASEG_WHITE = (2, 41, 7, 46, 16, 77, 78, 79, 85, 251, 252, 253, 254, 255)
+ASEG_GRAY = (3, 42, 8, 47, 10, 49, 11, 50, 12, 51, 13, 52, 17, 53, 18, 54, 26, 58, 28, 60)
+PRESETS = {
+    "ibsr": {3: 0, 2: 1},  # IBSR: 0 background, 1 CSF, 2 gray matter, 3 white matter
+    "freesurfer-aseg": {**{v: 0 for v in ASEG_WHITE}, **{v: 1 for v in ASEG_GRAY}},
+    "fsl-fast": "argmax of pve_0 (CSF), pve_1 (gray matter), pve_2 (white matter)",
+}
+SUFFIXES = (".nii.gz", ".nii", ".mgz")
+
+
+class SourceError(ValueError):
+    pass
+
+
+def parse_labels(spec):
+    """A preset name, or an explicit 'SRC:DST,...' mapping (DST 0 = white matter, 1 = gray matter)."""
+    if spec in PRESETS:
+        return spec
+    try:
+        mapping = {int(a): int(b) for a, b in (item.split(":") for item in spec.split(","))}
+    except ValueError:
+        raise SourceError(f"--labels {spec!r}: use {', '.join(PRESETS)} or a mapping like '3:0,2:1'") from None
+    if not set(mapping.values()) <= {0, 1, 2}:
+        raise SourceError(f"--labels {spec!r}: targets must be 0 (white matter), 1 (gray matter) or 2 (background)")
+    return mapping
+
+
+def find_subjects(src, labels):
+    """[(subject, image path, [label paths])] found under src."""
+    src = Path(src)
+    if not src.exists():
+        raise SourceError(f"{src}: no such folder")
+    out = []
+    # FreeSurfer: src itself or its children hold mri/norm.mgz and mri/aseg.mgz.
+    for d in [src, *sorted(p for p in src.iterdir() if p.is_dir())]:
+        if (d / "mri" / "norm.mgz").exists():
+            out.append((d.name, d / "mri" / "norm.mgz", [d / "mri" / "aseg.mgz"]))
+    files = {p.name: p for p in src.iterdir() if p.is_file()} if src.is_dir() else {}
+    for name, path in sorted(files.items()):
+        suffix = next((s for s in SUFFIXES if name.endswith(s)), None)
+        if suffix is None:
+            continue
+        stem = name[: -len(suffix)]
+        if re.search(r"_(seg|pve_\d)$", stem):
+            continue
+        if labels == "fsl-fast":
+            pves = [files.get(f"{stem}_pve_{k}{suffix}") for k in range(3)]
+            if all(pves):
+                out.append((stem, path, pves))
+        elif f"{stem}_seg{suffix}" in files:
+            out.append((stem, path, [files[f"{stem}_seg{suffix}"]]))
+    if not out:
+        raise SourceError(f"{src}: no labelled volumes found (<subject>.nii.gz + <subject>_seg.nii.gz, "
+                          "FreeSurfer mri/norm.mgz + mri/aseg.mgz, or FSL FAST _pve_0/1/2)")
+    return out
+
+
+def map_labels(volumes, labels):
+    if labels == "fsl-fast":
+        pve = np.stack(volumes)  # CSF, GM, WM
+        tissue = np.array([2, 1, 0], np.uint8)[pve.argmax(axis=0)]
+        return np.where(pve.sum(axis=0) > 0, tissue, 2).astype(np.uint8)
+    table = PRESETS[labels] if isinstance(labels, str) else labels
+    vol = np.rint(volumes[0]).astype(np.int64)
+    out = np.full(vol.shape, 2, np.uint8)
+    for src, dst in table.items():
+        out[vol == src] = dst
+    return out
+
+
+def subject_slices(image_path, label_paths, labels, axis, pixel_size, min_tissue):
+    import nibabel as nib
+
+    img, img3 = load_volume(image_path)
+    label_imgs = [load_volume(p)[1] for p in label_paths]
+    for p, lab in zip(label_paths, label_imgs):
+        if lab.shape != img3.shape or not np.allclose(lab.affine, img3.affine, atol=1e-3):
+            raise SourceError(f"{p}: geometry {lab.shape} does not match its image {image_path} {img3.shape} "
+                              "(shape and affine must be equal)")
+    mapped = nib.Nifti1Image(map_labels([np.asanyarray(x.dataobj) for x in label_imgs], labels), img3.affine)
+    image = resample_inplane(img3, axis, pixel_size, order=1)
+    mask = resample_inplane(mapped, axis, pixel_size, order=0, cval=2)  # outside the field of view: background
+    images = to_slices(normalize_volume(np.asanyarray(image.dataobj)), axis)
+    masks = to_slices(np.rint(np.asanyarray(mask.dataobj)).astype(np.uint8), axis)
+    keep = [z for z in range(len(masks)) if (masks[z] < 2).sum() >= min_tissue]
+    return [(z, images[z], masks[z].astype(np.uint8)) for z in keep]
+
+
+def center_pad(a, shape, fill):
+    out = np.full(shape, fill, a.dtype)
+    dy, dx = (shape[0] - a.shape[0]) // 2, (shape[1] - a.shape[1]) // 2
+    out[dy:dy + a.shape[0], dx:dx + a.shape[1]] = a
+    return out
+
+
+def make_archive(src, out, labels="ibsr", axis="axial", pixel_size=1.0, min_tissue=100):
+    """Build the archive; returns (number of subjects, number of slices). pixel_size 0/None keeps voxels."""
+    labels, pixel_size = parse_labels(labels), pixel_size or None
+    subjects = find_subjects(src, labels)
+    per_subject = []
+    for subject, image_path, label_paths in tqdm(subjects, desc="make-archive", unit="subject"):
+        per_subject.append((subject, subject_slices(image_path, label_paths, labels, axis, pixel_size, min_tissue)))
+    sizes = [s[1].shape for _, slices in per_subject for s in slices]
+    if not sizes:
+        raise SourceError(f"{src}: no slice has {min_tissue} tissue pixels (check --labels)")
+    shape = tuple(int(np.ceil(max(s[i] for s in sizes) / 16) * 16) for i in (0, 1))
+    pairs, ix = [], 0
+    for subject, slices in per_subject:
+        for z, image, mask in slices:
+            pairs.append((f"sub-{subject}_slice-{z:03d}_{ix}.npy", center_pad(image, shape, 0.0),
+                          center_pad(mask, shape, 2)))
+            ix += 1
+    metadata = {"source": "mriseg make-archive", "axis": axis, "normalization": NORMALIZATION,
+                "pixel_size_mm": [pixel_size, pixel_size] if pixel_size else None,
+                "labels": labels if isinstance(labels, str) else {str(k): v for k, v in labels.items()},
+                "subjects": [s for s, _ in per_subject], "slice_size": list(shape)}
+    with atomic_path(out) as tmp:
+        write_archive(tmp, pairs, metadata)
+    return len(per_subject), len(pairs)
+
+
+__all__ = ["make_archive", "SourceError", "VolumeError", "PRESETS"]

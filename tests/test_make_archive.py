@@ -1,0 +1,140 @@
+"""`mriseg make-archive`: labelled volumes in, an archive the pipeline consumes unchanged out."""
+import json
+import subprocess
+import sys
+import zipfile
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mriseg.archive import extract_archive
+from mriseg.data import list_pairs, make_split
+from mriseg.make_archive import SourceError, make_archive
+from conftest import SHARED_IBSR
+
+
+def phantom(shape=(30, 20, 12)):
+    """IBSR-style labels (0 bg, 1 CSF, 2 GM, 3 WM) in an ellipsoid, and a T1-like image."""
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    r = x**2 + y**2 + (z / 1.2) ** 2
+    labels = np.zeros(shape, np.int16)
+    labels[r < 0.8] = 2
+    labels[r < 0.4] = 3
+    labels[r < 0.05] = 1
+    image = np.choose(labels, [0, 40, 90, 140]).astype(np.int16)
+    return image, labels
+
+
+def save(path, data, zooms=(1.0, 1.5, 1.0), trailing=True):
+    data = data[..., None] if trailing else data
+    img = (nib.MGHImage if str(path).endswith(".mgz") else nib.Nifti1Image)(
+        data.astype(np.int32 if str(path).endswith(".mgz") else data.dtype), np.diag([*zooms, 1.0]))
+    nib.save(img, path)
+
+
+def ibsr_folder(tmp_path, subjects=("S1", "S2", "S3")):
+    src = tmp_path / "src"
+    src.mkdir()
+    for s in subjects:
+        image, labels = phantom()
+        save(src / f"{s}.nii.gz", image)
+        save(src / f"{s}_seg.nii.gz", labels)
+    return src
+
+
+def test_ibsr_pairs_become_a_valid_archive_with_subjects(tmp_path):
+    src = ibsr_folder(tmp_path)
+    n_subjects, n_slices = make_archive(src, tmp_path / "a.zip", labels="ibsr", pixel_size=1.0, min_tissue=10)
+    assert n_subjects == 3 and n_slices > 0
+    assert extract_archive(tmp_path / "a.zip", tmp_path / "MRIs") == n_slices
+    rows = list_pairs(tmp_path / "MRIs")
+    assert {r["subject"] for r in rows} == {"S1", "S2", "S3"}
+    meta = json.loads((tmp_path / "MRIs" / "mriseg.json").read_text())
+    assert meta["axis"] == "axial" and meta["pixel_size_mm"] == [1.0, 1.0]
+    image = np.load(tmp_path / "MRIs" / "MRIs" / f"{rows[len(rows) // 2]['image'].rsplit('/', 1)[1]}")
+    mask = np.load(rows[len(rows) // 2]["mask"])
+    # 30 x 20 voxels of 1 x 1.5 mm -> 30 x 30 pixels of 1 mm, padded to a multiple of 16.
+    assert image.shape == mask.shape == (32, 32)
+    assert image.max() <= 1.0 and set(np.unique(mask)) <= {0, 1, 2}
+    assert image[mask == 0].mean() > image[mask == 1].mean()  # white matter brighter on T1
+    df = make_split(rows, by="auto", test_size=1, seed=0)
+    assert (df.groupby("subject")["split"].nunique() == 1).all()
+
+
+def test_freesurfer_subject_folders_and_aseg_preset(tmp_path):
+    image, labels = phantom()
+    aseg = np.choose(labels, [0, 4, 3, 2])  # 4 = lateral ventricle, 3 = cortex, 2 = cerebral white matter
+    for s in ("bert", "ernie"):
+        (tmp_path / "fs" / s / "mri").mkdir(parents=True)
+        save(tmp_path / "fs" / s / "mri" / "norm.mgz", image, zooms=(1, 1, 1), trailing=False)
+        save(tmp_path / "fs" / s / "mri" / "aseg.mgz", aseg, zooms=(1, 1, 1), trailing=False)
+    r = subprocess.run([sys.executable, "-m", "mriseg", "make-archive", str(tmp_path / "fs"), "--out",
+                        str(tmp_path / "fs.zip"), "--labels", "freesurfer-aseg", "--min-tissue", "10"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    extract_archive(tmp_path / "fs.zip", tmp_path / "MRIs")
+    rows = list_pairs(tmp_path / "MRIs")
+    assert {r["subject"] for r in rows} == {"bert", "ernie"}
+    masks = np.stack([np.load(r["mask"]) for r in rows])
+    assert (masks == 0).any() and (masks == 1).any()
+
+
+def test_fsl_fast_pve_maps(tmp_path):
+    image, labels = phantom()
+    src = tmp_path / "fast"
+    src.mkdir()
+    save(src / "s01.nii.gz", image)
+    for k, cls in enumerate((1, 2, 3)):  # pve_0 CSF, pve_1 GM, pve_2 WM
+        save(src / f"s01_pve_{k}.nii.gz", (labels == cls).astype(np.float32))
+    make_archive(src, tmp_path / "f.zip", labels="fsl-fast", min_tissue=10)
+    extract_archive(tmp_path / "f.zip", tmp_path / "MRIs")
+    masks = np.stack([np.load(r["mask"]) for r in list_pairs(tmp_path / "MRIs")])
+    assert set(np.unique(masks)) == {0, 1, 2}
+
+
+def test_explicit_mapping_and_coronal_axis(tmp_path):
+    src = ibsr_folder(tmp_path, ("A", "B"))
+    make_archive(src, tmp_path / "c.zip", labels="3:1,2:0", axis="coronal", pixel_size=0, min_tissue=10)
+    with zipfile.ZipFile(tmp_path / "c.zip") as zf:
+        meta = json.loads(zf.read("MRIs/mriseg.json"))
+    assert meta["axis"] == "coronal" and meta["pixel_size_mm"] is None
+    extract_archive(tmp_path / "c.zip", tmp_path / "MRIs")
+    rows = list_pairs(tmp_path / "MRIs")
+    mid = [r for r in rows if r["subject"] == "A"]
+    mid = mid[len(mid) // 2]
+    image, mask = np.load(mid["image"]), np.load(mid["mask"])
+    assert image[mask == 1].mean() > image[mask == 0].mean()  # swapped on purpose: 3 (WM) -> 1
+
+
+def test_mismatched_geometry_is_refused(tmp_path):
+    src = ibsr_folder(tmp_path, ("A",))
+    image, labels = phantom((30, 20, 11))
+    save(src / "A_seg.nii.gz", labels)
+    with pytest.raises(SourceError, match="A_seg.nii.gz: geometry"):
+        make_archive(src, tmp_path / "x.zip")
+    assert not (tmp_path / "x.zip").exists()
+
+
+def test_bad_sources(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="no labelled volumes"):
+        make_archive(tmp_path / "empty", tmp_path / "x.zip")
+    with pytest.raises(SourceError, match="--labels"):
+        make_archive(tmp_path / "empty", tmp_path / "x.zip", labels="3->0")
+
+
+@pytest.mark.skipif(not SHARED_IBSR.exists(), reason="../shared/data/ibsr18-dev is absent (real IBSR volumes)")
+def test_real_ibsr_subjects(tmp_path):
+    src = tmp_path / "ibsr"
+    src.mkdir()
+    for s in ("IBSR_07", "IBSR_16"):
+        for suffix in ("", "_seg"):
+            (src / f"{s}{suffix}.nii.gz").symlink_to(SHARED_IBSR / f"{s}{suffix}.nii.gz")
+    make_archive(src, tmp_path / "ibsr.zip", labels="ibsr")
+    n = extract_archive(tmp_path / "ibsr.zip", tmp_path / "MRIs")
+    rows = list_pairs(tmp_path / "MRIs")
+    assert {r["subject"] for r in rows} == {"IBSR_07", "IBSR_16"} and 150 < n < 400
+    mask = np.stack([np.load(r["mask"]) for r in rows])
+    wm_fraction = (mask == 0).sum() / (mask < 2).sum()
+    assert 0.3 < wm_fraction < 0.55  # adult brains: white matter is roughly 40 % of tissue

@@ -130,6 +130,18 @@ def test_missing_folder(tmp_path, dest, missing):
     assert_refused(zip_of(tmp_path / "nofolder.zip", entries), dest, missing)
 
 
+def test_npy_files_only_in_nested_folders(tmp_path, dest):
+    entries = {k.replace("MRIs/MRIs/", "MRIs/MRIs/deeper/"): v for k, v in good_entries().items()}
+    assert_refused(zip_of(tmp_path / "nested.zip", entries), dest, "MRIs/MRIs")
+
+
+def test_duplicate_entries(tmp_path, dest):
+    path = zip_of(tmp_path / "dup.zip", good_entries())
+    with zipfile.ZipFile(path, "a") as zf, pytest.warns(UserWarning, match="Duplicate name"):
+        zf.writestr("MRIs/MRIs/img_0.npy", npy_bytes(np.zeros((20, 16), np.float32)))
+    assert_refused(path, dest, "img_0.npy", "more than once")
+
+
 def test_image_without_mask(tmp_path, dest):
     entries = good_entries()
     del entries["MRIs/Segmentations/segm_1.npy"]

@@ -147,8 +147,11 @@ def extract_archive(archive, dest, max_extracted_mb=MAX_EXTRACTED_MB):
         masks = {PurePosixPath(i.filename).name: i for i in files
                  if str(PurePosixPath(i.filename).parent) == MASK_DIR and i.filename.endswith(".npy")}
         names = {i.filename for i in files}
-        for folder in (IMAGE_DIR, MASK_DIR):
-            if not any(n.startswith(folder + "/") for n in names):
+        if len(names) < len(files):
+            dup = next(n for n in names if sum(i.filename == n for i in files) > 1)
+            raise ArchiveError(f"{archive}: entry {dup!r} appears more than once (ambiguous archive)")
+        for folder, found in ((IMAGE_DIR, images), (MASK_DIR, masks)):
+            if not found:
                 raise ArchiveError(f"{archive}: no {folder}/ folder with .npy files (not the tutorial's layout)")
         for name in masks:
             if not name.startswith("segm_"):

@@ -21,13 +21,13 @@ import pandas as pd
 import yaml
 
 from mriseg.archive import extract_archive
-from mriseg.data import list_pairs, load_split
+from mriseg.data import archive_metadata, list_pairs, load_split
 from mriseg.make_archive import make_archive
 from mriseg.metrics import scores
+from mriseg.models import load_checkpoint
 from mriseg.training import evaluate, pick_device, train
 
 ROOT = Path(__file__).resolve().parents[1]
-TUTORIAL = {"loss": "bce", "augment": False, "schedule": "constant", "stem_init": "random"}
 
 
 def folds_of(subjects, k, seed):
@@ -35,7 +35,7 @@ def folds_of(subjects, k, seed):
     return [sorted(order[i::k]) for i in range(k)]
 
 
-def run_one(rows, test_subjects, model, recipe, cfg, args):
+def run_one(rows, test_subjects, model, recipe, cfg, args, meta):
     df = pd.DataFrame(rows)
     df["split"] = np.where(df["subject"].isin(test_subjects), "test", "train")
     train_subjects = sorted(set(df["subject"]) - set(test_subjects))
@@ -47,14 +47,11 @@ def run_one(rows, test_subjects, model, recipe, cfg, args):
     df = df[keep]
     x, y, _ = load_split(df, "train")
     evals = {"val": load_split(df, "val")[:2]} if (df["split"] == "val").any() else {}
-    cfg = {**cfg, **(TUTORIAL if recipe == "tutorial" else {}), "epochs": args.epochs, "device": args.device,
-           "pretrained": args.pretrained}
+    cfg = {**cfg, "recipe": recipe, "epochs": args.epochs, "device": args.device, "pretrained": args.pretrained}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        ckpt = train(cfg, model, (x, y), evals, Path(tmp) / "m.pt", Path(tmp) / "r.pt")
+        ckpt = train(cfg, model, (x, y), evals, Path(tmp) / "m.pt", Path(tmp) / "r.pt", extra=meta)
         seconds = time.perf_counter() - t0
-        from mriseg.models import load_checkpoint
-
         net, _ = load_checkpoint(Path(tmp) / "m.pt", pick_device(args.device))
     xt, yt, _ = load_split(df, "test")
     r = evaluate(net, xt, yt, 32, pick_device(args.device), cfg["amp"], ckpt["loss"], ckpt["activation"])
@@ -67,7 +64,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", default=str(ROOT.parent / "shared" / "data" / "ibsr18-dev"))
     p.add_argument("--folds", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--train-stride", type=int, default=4, help="train on every n-th slice of training subjects")
     p.add_argument("--models", default="unet,resnet")
     p.add_argument("--device", default="auto")
@@ -83,12 +80,13 @@ def main():
         make_archive(args.src, Path(tmp) / "ibsr.zip", labels="ibsr")
         extract_archive(Path(tmp) / "ibsr.zip", Path(tmp) / "MRIs")
         rows = list_pairs(Path(tmp) / "MRIs")
+        meta = archive_metadata(Path(tmp) / "MRIs")
         subjects = sorted({r["subject"] for r in rows})
         results = []
         for fold, test_subjects in enumerate(folds_of(subjects, args.folds, args.seed)):
             for model in args.models.split(","):
                 for recipe in ("tutorial", "mriseg"):
-                    r = run_one(rows, test_subjects, model, recipe, cfg, args)
+                    r = run_one(rows, test_subjects, model, recipe, cfg, args, meta)
                     results.append({"fold": fold, "test subjects": " ".join(test_subjects), "model": model,
                                     "recipe": recipe, **r})
                     print(f"fold {fold} {model:6s} {recipe:8s} IoU {r['iou']:.4f} Dice WM {r['dice_wm']:.4f} "

@@ -121,3 +121,17 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
     for a, b in zip(metrics_only(killed), metrics_only(straight)):
         for k in a:
             assert a[k] == pytest.approx(b[k], abs=1e-6), k
+
+
+def test_tutorial_recipe_is_one_setting_away(tmp_path):
+    ckpt = run_train(tmp_path, "tut", epochs=1, recipe="tutorial", loss="dice_ce", augment=True, schedule="cosine")
+    assert ckpt["loss"] == "bce" and ckpt["activation"] == "sigmoid"
+    assert ckpt["train"]["augment"] is False and ckpt["train"]["schedule"] == "constant"
+
+
+def test_compile_matches_eager(tmp_path):
+    """torch.compile (train.compile) changes speed, not results: same seed, Dice within TOLERANCE."""
+    compiled = run_train(tmp_path, "compiled", epochs=2, compile=True)["history"][-1]
+    eager = run_train(tmp_path, "eager", epochs=2)["history"][-1]
+    for k in ("train_loss", "test_dice_white_matter"):
+        assert abs(compiled[k] - eager[k]) < TOLERANCE, (k, compiled[k], eager[k])

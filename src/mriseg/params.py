@@ -8,6 +8,7 @@ from .models import MODELS
 CHOICES = {
     "split.by": ("auto", "subject", "slice"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.recipe": ("mriseg", "tutorial"),
     "train.loss": ("bce", "ce", "dice_ce"),
     "train.schedule": ("constant", "cosine"),
     "train.stem_init": ("random", "average"),

@@ -16,6 +16,14 @@ from .metrics import NUM_CLASSES, confusion_matrix, scores, tutorial_iou
 from .models import build_model
 
 
+# `train.recipe: tutorial` puts back every training choice of the reference tutorial in one setting.
+TUTORIAL_RECIPE = {"loss": "bce", "augment": False, "schedule": "constant", "stem_init": "random"}
+
+
+def resolve_recipe(cfg):
+    return {**cfg, **TUTORIAL_RECIPE} if cfg.get("recipe") == "tutorial" else dict(cfg)
+
+
 def pick_device(name="auto"):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -121,6 +129,7 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
     Every epoch ends with a resume file; rerun with the same data and params and training carries on
     from there. Per-epoch metrics go to DVCLive in live_dir. Writes the checkpoint to out_path.
     """
+    cfg = resolve_recipe(cfg)
     use_all_cores()
     device = pick_device(cfg["device"])
     torch.manual_seed(cfg["seed"])
@@ -219,7 +228,7 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
     state_dict = best["state_dict"] if best["state_dict"] is not None else model.state_dict()
     ckpt = {"format": 1, "model": model_name, "state_dict": {k: v.cpu() for k, v in state_dict.items()},
             "classes": list(CLASS_NAMES), "activation": activation, "loss": loss_name,
-            "best_epoch": best["epoch"] or epochs, "history": history, "train": dict(cfg), **(extra or {})}
+            "best_epoch": best["epoch"] or epochs, "history": history, "train": cfg, **(extra or {})}
     with atomic_path(out_path) as tmp:
         torch.save(ckpt, tmp)
     resume_path.unlink(missing_ok=True)

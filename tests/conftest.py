@@ -40,6 +40,8 @@ def tiny_archive(tmp_path):
 
 
 def run(cmd, cwd, check=True, env=None, timeout=900):
+    if isinstance(cmd, list) and cmd[0] == "dvc":  # the dvc of this interpreter, whatever PATH says
+        cmd = [sys.executable, "-m", "dvc", *cmd[1:]]
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout,
                        shell=isinstance(cmd, str))
     if check and r.returncode != 0:
@@ -85,11 +87,3 @@ def set_params(project, overrides):
 def _quiet_env(monkeypatch):
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")
-
-
-def python():
-    return sys.executable
-
-
-def tree_snapshot(root):
-    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if ".git" not in p.parts and ".dvc" not in p.parts)

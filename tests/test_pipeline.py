@@ -3,6 +3,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import zipfile
 
@@ -89,7 +90,7 @@ def test_bad_archive_fails_unzip_cleanly_and_keeps_good_data(project, tmp_path):
 
 def test_killed_dvc_train_resumes(project):
     set_params(project, {"train.epochs": 40})
-    proc = subprocess.Popen(["dvc", "repro", "train"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     resume = project / "models" / "resume.pt"
     deadline = time.time() + 300

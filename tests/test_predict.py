@@ -136,7 +136,7 @@ def test_checkpoint_and_empty_input_errors(checkpoint, tmp_path):
 def test_real_ibsr_volume_keeps_its_4d_shape_and_affine(checkpoint, tmp_path):
     src = SHARED_IBSR / "IBSR_16.nii.gz"
     r = subprocess.run(["mriseg", "predict", "--model", str(checkpoint), "--out", str(tmp_path), str(src)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True)  # the installed console script
     assert r.returncode == 0, r.stderr
     out, ref = nib.load(tmp_path / "IBSR_16_mask.nii.gz"), nib.load(src)
     assert out.shape == ref.shape == (256, 128, 256, 1) and np.allclose(out.affine, ref.affine)

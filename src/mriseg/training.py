@@ -113,6 +113,15 @@ def evaluate(model, x, y, batch_size, device, amp=True, loss="bce", activation="
     return {"loss": float(total_loss) / n, "iou": float(total_iou) / max(batches, 1), "confusion": cm.cpu()}
 
 
+def log_epoch(live, row):
+    live.step = row["epoch"]  # DVCLive steps are epoch numbers
+    for key, value in row.items():
+        if key != "epoch":
+            split, _, metric = key.partition("_")
+            live.log_metric(f"{split}/{metric}", value)
+    live.next_step()
+
+
 def data_fingerprint(config, *tensors):
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for t in tensors:
@@ -165,9 +174,11 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
     if live_dir is not None:
         from dvclive import Live
 
-        # A fresh run clears the old curves; a resumed one appends to them.
-        live = Live(live_dir, resume=start > 0, dvcyaml=None, save_dvc_exp=False)
-        live.step = start + 1  # steps are epoch numbers
+        # Always a fresh log: a resumed run replays its history first, so the curves hold each epoch
+        # exactly once, even when the kill fell between logging an epoch and saving its resume file.
+        live = Live(live_dir, resume=False, dvcyaml=None, save_dvc_exp=False)
+        for row in history:
+            log_epoch(live, row)
 
     x_dev, y_dev = to_device(x_train, device, channels_last), to_device(y_train, device)
     n, bs = len(x_train), cfg["batch_size"]
@@ -214,11 +225,7 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
             best = {"score": row["val_iou"], "epoch": epoch + 1,
                     "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         if live is not None:
-            for key, value in row.items():
-                if key != "epoch":
-                    split, _, metric = key.partition("_")
-                    live.log_metric(f"{split}/{metric}", value)
-            live.next_step()
+            log_epoch(live, row)
         with atomic_path(resume_path) as tmp:
             torch.save({"fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),

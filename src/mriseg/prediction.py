@@ -1,4 +1,5 @@
 """Apply a trained model: slices in, label maps out."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,18 @@ class Predictor:
         return on_grid.reshape(img.shape), img, slices, labels
 
 
+def save_volume(img, path, ext):
+    """nibabel picks the format from the suffix, so the temporary file keeps it; renamed when complete."""
+    import nibabel as nib
+
+    tmp = path.with_name(f".{path.name}.tmp{ext}")
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pixel_size=None, slice_thickness=1.0,
                   log=print):
     """Segment every input; returns the number that failed. Raises InputError/CheckpointError up front."""
@@ -125,9 +138,7 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
                 labels, img, shown, shown_labels = predictor.predict_volume(path)
                 mask = img.__class__(labels, img.affine, header=img.header)
                 mask.set_data_dtype(np.uint8)
-                with atomic_path(out_dir / f"{stem}_mask{ext}") as tmp:
-                    nib.save(mask, tmp.with_name(tmp.name + ext))
-                    Path(str(tmp) + ext).replace(tmp)
+                save_volume(mask, out_dir / f"{stem}_mask{ext}", ext)
                 voxel_ml = float(np.prod(img.header.get_zooms()[:3])) / 1000.0
                 wm, gm = tissue_counts(labels)
                 row = {"white_matter_ml": wm * voxel_ml, "gray_matter_ml": gm * voxel_ml}

@@ -28,7 +28,7 @@ def main():
 
     plot_curves(ckpt["history"], "reports/curves.png", title=ckpt["model"])
     # Evenly spaced test slices, so the figure spans the brain from bottom to top.
-    pick = torch.linspace(0, len(x) - 1, min(p["num_examples"], len(x))).round().long()
+    pick = torch.linspace(0, len(x) - 1, max(1, min(p["num_examples"], len(x)))).round().long()
     preds = predict_labels(model, x[pick], device, amp, batch_size=p["batch_size"])
     plot_predictions(x[pick, 0].numpy(), y[pick].numpy(), preds, [rows["image"][int(i)].rsplit("/", 1)[-1] for i in pick],
                      "reports/predictions.png")

@@ -140,3 +140,21 @@ def test_real_ibsr_volume_keeps_its_4d_shape_and_affine(checkpoint, tmp_path):
     assert r.returncode == 0, r.stderr
     out, ref = nib.load(tmp_path / "IBSR_16_mask.nii.gz"), nib.load(src)
     assert out.shape == ref.shape == (256, 128, 256, 1) and np.allclose(out.affine, ref.affine)
+
+
+def test_empty_checkpoint_duplicate_names_and_too_small_slices(checkpoint, tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    r = mriseg("predict", "--model", tmp_path / "empty.pt", "--out", tmp_path / "o", checkpoint)
+    assert r.returncode == 2 and "empty.pt: not a loadable mriseg checkpoint" in r.stderr
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    rng = np.random.default_rng(0)
+    for d in ("a", "b"):
+        np.save(tmp_path / d / "x.npy", synthetic_pair(rng)[0])
+    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "o", tmp_path / "a", tmp_path / "b")
+    assert r.returncode == 2 and "would write the same x_mask file" in r.stderr
+    np.save(tmp_path / "a" / "tiny.npy", np.zeros((3, 3), np.float32))
+    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "o", tmp_path / "a")
+    assert r.returncode == 1 and "tiny.npy" in r.stderr
+    assert (tmp_path / "o" / "x_mask.npy").exists()
+    assert list(pd.read_csv(tmp_path / "o" / "volumes.csv")["file"]) == [str(tmp_path / "a" / "x.npy")]

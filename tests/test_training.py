@@ -135,3 +135,32 @@ def test_compile_matches_eager(tmp_path):
     eager = run_train(tmp_path, "eager", epochs=2)["history"][-1]
     for k in ("train_loss", "test_dice_white_matter"):
         assert abs(compiled[k] - eager[k]) < TOLERANCE, (k, compiled[k], eager[k])
+
+
+def test_resume_file_of_the_last_epoch_only_writes_the_checkpoint(tmp_path, capsys):
+    run_train(tmp_path, "full", epochs=2)
+    straight = torch.load(tmp_path / "full.pt", weights_only=True)
+    # A run killed after its last resume file but before model.pt: rerunning must not start over.
+    state_path = tmp_path / "last.resume.pt"
+    import mriseg.training as t
+
+    real_save = torch.save
+
+    def die_before_the_checkpoint(obj, path, *a, **k):
+        if isinstance(obj, dict) and "state_dict" in obj:
+            raise KeyboardInterrupt  # stands in for the kill: resume file of epoch 2 written, model.pt not
+        real_save(obj, path, *a, **k)
+
+    t.torch.save = die_before_the_checkpoint
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_train(tmp_path, "last", epochs=2)
+    finally:
+        t.torch.save = real_save
+    assert torch.load(state_path, weights_only=True)["epoch"] == 2 and not (tmp_path / "last.pt").exists()
+    capsys.readouterr()
+    ckpt = run_train(tmp_path, "last", epochs=2)
+    out = capsys.readouterr().out
+    assert "after epoch 2/2" in out and "epoch 1/2 " not in out, "no epoch may be trained again"
+    assert metrics_only(ckpt["history"]) == metrics_only(straight["history"])
+    assert not state_path.exists()

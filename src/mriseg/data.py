@@ -40,6 +40,8 @@ def pair_order(row):
 
 
 def _count(size, total, what):
+    if isinstance(size, float) and not size.is_integer() and size > 1:
+        raise SystemExit(f"params.yaml: {what}={size}: a fraction must be below 1, a count an integer")
     n = round(size * total) if isinstance(size, float) and size < 1 else int(size)
     if isinstance(size, float) and size < 1 and size > 0:
         n = max(n, 1)

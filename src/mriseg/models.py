@@ -131,6 +131,10 @@ class CheckpointError(ValueError):
     pass
 
 
+def first_line(error):
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
 CHECKPOINT_KEYS = ("model", "state_dict", "normalization", "axis", "activation")
 
 
@@ -141,7 +145,7 @@ def load_checkpoint(path, device="cpu"):
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint (train a model with `dvc repro train`)") from None
     except Exception as e:
-        raise CheckpointError(f"{path}: not a loadable mriseg checkpoint ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: not a loadable mriseg checkpoint ({first_line(e)})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
         missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
         raise CheckpointError(f"{path}: not an mriseg checkpoint (missing {', '.join(missing)})")
@@ -151,5 +155,5 @@ def load_checkpoint(path, device="cpu"):
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the {ckpt['model']} network ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: weights do not fit the {ckpt['model']} network ({first_line(e)})") from None
     return model.to(device).eval(), ckpt

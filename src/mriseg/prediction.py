@@ -128,6 +128,12 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
     files = expand_inputs(inputs)
     if not files:
         raise InputError("no inputs given (slices .npy, folders of them, or .nii/.nii.gz/.mgz volumes)")
+    stems = {}
+    for path in files:  # outputs are named after the input's stem: two inputs must not share one
+        other = stems.setdefault(volume_stem(path)[0], path)
+        if other != path:
+            raise InputError(f"{path} and {other} would write the same {volume_stem(path)[0]}_mask file; "
+                             "rename one or run them separately")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, failed = [], 0
@@ -167,6 +173,10 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
         except FileNotFoundError:
             failed += 1
             log(f"predict: error: {path}: no such file")
+            continue
+        except (RuntimeError, ValueError, OSError) as e:  # e.g. a slice too small for the network
+            failed += 1
+            log(f"predict: error: {path}: {(str(e).splitlines() or [type(e).__name__])[0]}")
             continue
         rows.append({"file": str(path), "white_matter_voxels": wm, "gray_matter_voxels": gm,
                      "gray_white_ratio": gm / wm if wm else float("nan"), **row})

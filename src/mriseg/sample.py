@@ -4,7 +4,7 @@ nilearn ships the MNI152 2009 T1 template and its gray- and white-matter probabi
 its wheel (1 mm). Each axial slice with at least MIN_BRAIN_PIXELS of tissue becomes one pair:
 the T1 slice normalised to [0, 1], and a mask that gives every pixel the most probable class,
 background's probability being 1 - p(white matter) - p(gray matter) (CSF and everything else).
-Slices are cropped to a fixed CROP box around the brain (160 x 192 pixels, rows x cols) so that a
+Slices are cropped to a fixed CROP box around the brain (192 x 160 pixels, rows x cols) so that a
 2-core CPU trains on them in minutes. One template brain: it shows the pipeline working end to
 end; it is no clinical benchmark (neighbouring slices of one brain sit on both sides of the split).
 """

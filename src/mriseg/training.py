@@ -161,8 +161,9 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
     history, start, best = [], 0, {"score": -1.0, "epoch": None, "state_dict": None}
     resume_path = Path(resume_path)
     if resume_path.exists():
-        state = torch.load(resume_path, map_location=device, weights_only=True)
-        if state.get("fingerprint") == fingerprint and state["epoch"] < epochs:
+        # RNG states must stay on the CPU; the optimizer state follows the parameters on load.
+        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") == fingerprint and state["epoch"] <= epochs:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])

@@ -65,7 +65,7 @@ def load_volume(path):
         shape = img.shape
         data = np.asanyarray(img.dataobj)
     except Exception as e:
-        raise VolumeError(f"{path}: not a readable NIfTI/MGZ volume ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise VolumeError(f"{path}: not a readable NIfTI/MGZ volume ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:

@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from .archive import write_archive
 from .io import atomic_path
-from .volumes import NORMALIZATION, VolumeError, load_volume, normalize_volume, resample_inplane, to_slices
+from .volumes import (NORMALIZATION, VOLUME_SUFFIXES, VolumeError, load_volume, normalize_volume, resample_inplane,
+                      to_slices)
 
 # FreeSurfer aseg labels (FreeSurferColorLUT). Brainstem goes to white matter, as in IBSR's tracings.
 ASEG_WHITE = (2, 41, 7, 46, 16, 77, 78, 79, 85, 251, 252, 253, 254, 255)
@@ -27,7 +28,6 @@ PRESETS = {
     "freesurfer-aseg": {**{v: 0 for v in ASEG_WHITE}, **{v: 1 for v in ASEG_GRAY}},
     "fsl-fast": "argmax of pve_0 (CSF), pve_1 (gray matter), pve_2 (white matter)",
 }
-SUFFIXES = (".nii.gz", ".nii", ".mgz")
 
 
 class SourceError(ValueError):
@@ -59,7 +59,7 @@ def find_subjects(src, labels):
             out.append((d.name, d / "mri" / "norm.mgz", [d / "mri" / "aseg.mgz"]))
     files = {p.name: p for p in src.iterdir() if p.is_file()} if src.is_dir() else {}
     for name, path in sorted(files.items()):
-        suffix = next((s for s in SUFFIXES if name.endswith(s)), None)
+        suffix = next((s for s in VOLUME_SUFFIXES if name.endswith(s)), None)
         if suffix is None:
             continue
         stem = name[: -len(suffix)]
@@ -105,7 +105,7 @@ def subject_slices(image_path, label_paths, labels, axis, pixel_size, min_tissue
     images = to_slices(normalize_volume(np.asanyarray(image.dataobj)), axis)
     masks = to_slices(np.rint(np.asanyarray(mask.dataobj)).astype(np.uint8), axis)
     keep = [z for z in range(len(masks)) if (masks[z] < 2).sum() >= min_tissue]
-    return [(z, images[z], masks[z].astype(np.uint8)) for z in keep]
+    return [(z, images[z], masks[z]) for z in keep]
 
 
 def center_pad(a, shape, fill):

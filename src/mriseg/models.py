@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
+from . import first_line
+
 NUM_CLASSES = 3  # 0 = white matter, 1 = gray matter, 2 = background
 
 
@@ -129,10 +131,6 @@ def count_parameters(model):
 
 class CheckpointError(ValueError):
     pass
-
-
-def first_line(error):
-    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 CHECKPOINT_KEYS = ("model", "state_dict", "normalization", "axis", "activation")

@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import first_line
+
 from .training import autocast
 
 
@@ -170,13 +172,9 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
             failed += 1
             log(f"predict: error: {e}")
             continue
-        except FileNotFoundError:
-            failed += 1
-            log(f"predict: error: {path}: no such file")
-            continue
         except (RuntimeError, ValueError, OSError) as e:  # e.g. a slice too small for the network
             failed += 1
-            log(f"predict: error: {path}: {(str(e).splitlines() or [type(e).__name__])[0]}")
+            log(f"predict: error: {path}: {first_line(e)}")
             continue
         rows.append({"file": str(path), "white_matter_voxels": wm, "gray_matter_voxels": gm,
                      "gray_white_ratio": gm / wm if wm else float("nan"), **row})

@@ -3,6 +3,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import first_line
+
 # The rule recorded in every archive and checkpoint: each volume on its own, robust percentiles of
 # its non-zero voxels mapped to [0, 1], then clipped. Robust to scanner scale and to bright outliers.
 NORMALIZATION = {"method": "percentile", "low": 0.5, "high": 99.5}
@@ -29,12 +31,6 @@ def from_slices(slices, axis="axial"):
     """Inverse of to_slices."""
     vol = np.rot90(np.asarray(slices).transpose(1, 2, 0), k=-1, axes=(0, 1))
     return np.moveaxis(vol, -1, AXES[axis])
-
-
-def slice_pixel_size(zooms, axis="axial"):
-    """(row, col) pixel size in mm of slices from to_slices, given canonical voxel zooms."""
-    inplane = [z for i, z in enumerate(zooms[:3]) if i != AXES[axis]]
-    return float(inplane[1]), float(inplane[0])
 
 
 class VolumeError(ValueError):
@@ -65,7 +61,7 @@ def load_volume(path):
         shape = img.shape
         data = np.asanyarray(img.dataobj)
     except Exception as e:
-        raise VolumeError(f"{path}: not a readable NIfTI/MGZ volume ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+        raise VolumeError(f"{path}: not a readable NIfTI/MGZ volume ({first_line(e)})") from None
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:

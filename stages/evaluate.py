@@ -16,7 +16,7 @@ def main():
     p = params["evaluate"]
     device = pick_device(params["train"]["device"])
     model, ckpt = load_checkpoint("models/model.pt", device)
-    x, y, rows = load_split(read_manifest("data/manifest.csv"), "test")
+    x, y, rows = load_split(read_manifest("data/manifest.csv"), "test", ckpt.get("context", 0))
     if not len(x):
         raise SystemExit("evaluate: error: data/manifest.csv has no test pairs (split.test_size)")
     amp = ckpt["train"].get("amp", True)
@@ -30,7 +30,7 @@ def main():
     # Evenly spaced test slices, so the figure spans the brain from bottom to top.
     pick = torch.linspace(0, len(x) - 1, max(1, min(p["num_examples"], len(x)))).round().long()
     preds = predict_labels(model, x[pick], device, amp, batch_size=p["batch_size"])
-    plot_predictions(x[pick, 0].numpy(), y[pick].numpy(), preds, [rows["image"][int(i)].rsplit("/", 1)[-1] for i in pick],
+    plot_predictions(x[pick, x.shape[1] // 2].numpy(), y[pick].numpy(), preds, [rows["image"][int(i)].rsplit("/", 1)[-1] for i in pick],
                      "reports/predictions.png")
 
 

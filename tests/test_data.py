@@ -2,6 +2,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 from mriseg.archive import extract_archive
 from mriseg.data import list_pairs, load_split, make_split, read_manifest, write_manifest
@@ -70,3 +71,39 @@ def test_manifest_round_trip_and_load_pads_mixed_sizes(tmp_path):
     x_all, _, _ = load_split(back.assign(split="train"), "train")
     assert x_all.shape[2:] == (34, 22)
     assert x.dtype.is_floating_point and str(y.dtype) == "torch.uint8"
+
+
+def subject_manifest(tmp_path, slices, split_of=lambda z: "train"):
+    """One subject's slices (image value = slice number) written to disk, as a manifest."""
+    (tmp_path / "MRIs").mkdir()
+    (tmp_path / "Segmentations").mkdir()
+    rows = []
+    for z in slices:
+        image = tmp_path / "MRIs" / f"sub-A_slice-{z:03d}_{z}.npy"
+        mask = tmp_path / "Segmentations" / f"segm_{z}.npy"
+        np.save(image, np.full((4, 6), z, np.float32))
+        np.save(mask, np.full((4, 6), z % 3, np.uint8))
+        rows.append({"image": str(image), "mask": str(mask), "ix": str(z), "subject": "A", "slice": z,
+                     "split": split_of(z)})
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+def test_context_gives_each_slice_its_neighbours_as_channels(tmp_path):
+    # Slices 5 and 6 were not kept (too little tissue): 4 and 7 repeat themselves in their place.
+    df = subject_manifest(tmp_path, [1, 2, 3, 4, 7, 8], split_of=lambda z: "test" if z == 3 else "train")
+    x, y, rows = load_split(df, "train", context=1)
+    assert x.shape == (5, 3, 4, 6) and list(rows["slice"]) == [1, 2, 4, 7, 8]
+    assert x[:, :, 0, 0].tolist() == [[1, 1, 2], [1, 2, 3], [3, 4, 4], [7, 7, 8], [7, 8, 8]]
+    assert y[:, 0, 0].tolist() == [1, 2, 1, 1, 2]  # labels stay the centre slice's own
+    x2, _, _ = load_split(df, "train", context=2)
+    assert x2[1, :, 0, 0].tolist() == [2, 1, 2, 3, 4]
+    assert torch.equal(load_split(df, "train")[0][:, 0], x[:, 1])
+
+
+def test_context_needs_subject_and_slice_names(tmp_path):
+    extract_archive(make_tiny_archive(tmp_path / "t.zip", n=6), tmp_path / "MRIs")
+    df = make_split(list_pairs(tmp_path / "MRIs"), test_size=2, seed=0)
+    with pytest.raises(SystemExit, match="train.context=1 needs each slice's neighbours"):
+        load_split(df, "train", context=1)

@@ -45,7 +45,8 @@ def ibsr_folder(tmp_path, subjects=("S1", "S2", "S3")):
 
 def test_ibsr_pairs_become_a_valid_archive_with_subjects(tmp_path):
     src = ibsr_folder(tmp_path)
-    n_subjects, n_slices = make_archive(src, tmp_path / "a.zip", labels="ibsr", pixel_size=1.0, min_tissue=10)
+    n_subjects, n_slices = make_archive(src, tmp_path / "a.zip", labels="ibsr", axis="axial", pixel_size=1.0,
+                                        min_tissue=10)
     assert n_subjects == 3 and n_slices > 0
     assert extract_archive(tmp_path / "a.zip", tmp_path / "MRIs") == n_slices
     rows = list_pairs(tmp_path / "MRIs")
@@ -135,6 +136,21 @@ def test_real_ibsr_subjects(tmp_path):
     n = extract_archive(tmp_path / "ibsr.zip", tmp_path / "MRIs")
     rows = list_pairs(tmp_path / "MRIs")
     assert {r["subject"] for r in rows} == {"IBSR_07", "IBSR_16"} and 150 < n < 400
+    # IBSR was acquired in coronal 1.5 mm slices: auto slices there, at the native 0.84-1 mm in-plane.
+    assert json.loads((tmp_path / "MRIs" / "mriseg.json").read_text())["axis"] == "coronal"
     mask = np.stack([np.load(r["mask"]) for r in rows])
     wm_fraction = (mask == 0).sum() / (mask < 2).sum()
     assert 0.3 < wm_fraction < 0.55  # adult brains: white matter is roughly 40 % of tissue
+
+
+@pytest.mark.parametrize("zooms, expected", [((1.0, 1.5, 1.0), "coronal"), ((1.0, 1.0, 3.0), "axial"),
+                                              ((2.0, 1.0, 1.0), "sagittal"), ((1.0, 1.0, 1.1), "axial")])
+def test_auto_axis_slices_across_the_thickest_voxels(tmp_path, zooms, expected):
+    src = tmp_path / "src"
+    src.mkdir()
+    image, labels = phantom()
+    save(src / "S1.nii.gz", image, zooms)
+    save(src / "S1_seg.nii.gz", labels, zooms)
+    make_archive(src, tmp_path / "a.zip", min_tissue=10)
+    extract_archive(tmp_path / "a.zip", tmp_path / "MRIs")
+    assert json.loads((tmp_path / "MRIs" / "mriseg.json").read_text())["axis"] == expected

@@ -49,6 +49,17 @@ def test_pretrained_weights_load_from_the_torch_home_cache(tmp_path, monkeypatch
     assert torch.allclose(model.encoder.conv1.weight, state["conv1.weight"].mean(dim=1, keepdim=True))
     random_stem = UNetResNet(pretrained=True, stem_init="random")
     assert not torch.allclose(random_stem.encoder.conv1.weight, model.encoder.conv1.weight)
+    # With neighbouring slices as channels (train.context=1) the mean is shared among them, so a stack of
+    # three equal slices gives the 1-channel stem's response.
+    stacked = UNetResNet(3, pretrained=True, stem_init="average")
+    x = torch.rand(1, 1, 32, 32)
+    assert torch.allclose(stacked.encoder.conv1(x.expand(-1, 3, -1, -1)), model.encoder.conv1(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["unet", "resnet"])
+def test_context_channels(name):
+    model = build_model(name, in_channels=5).eval()
+    assert model(torch.rand(2, 5, 40, 48)).shape == (2, 3, 40, 48)
 
 
 def test_pretrained_without_cache_offline_says_how_to_proceed(tmp_path, monkeypatch):

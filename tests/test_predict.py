@@ -158,3 +158,30 @@ def test_empty_checkpoint_duplicate_names_and_too_small_slices(checkpoint, tmp_p
     assert r.returncode == 1 and "tiny.npy" in r.stderr
     assert (tmp_path / "o" / "x_mask.npy").exists()
     assert list(pd.read_csv(tmp_path / "o" / "volumes.csv")["file"]) == [str(tmp_path / "a" / "x.npy")]
+
+
+def test_context_model_segments_volumes_and_lone_slices(tmp_path):
+    """A 2.5D checkpoint (train.context=1) reads each volume slice with its neighbours; a lone .npy
+    slice stands in for its own, and predict says so."""
+    import test_training
+    from mriseg.volumes import with_context
+
+    x, y = test_training.TRAIN
+    xt, yt = test_training.TEST
+    stack = lambda t: torch.from_numpy(with_context(t[:, 0].numpy(), 1))
+    ckpt = test_training.train({**test_training.CFG, "epochs": 14, "context": 1}, "unet", (stack(x), y),
+                               {"test": (stack(xt), yt)}, tmp_path / "model.pt", tmp_path / "resume.pt",
+                               extra={"axis": "axial", "normalization": NORM, "pixel_size_mm": [1.0, 1.0]})
+    assert ckpt["context"] == 1 and ckpt["state_dict"]["stem.0.0.weight"].shape[1] == 3
+    assert ckpt["history"][-1]["test_dice_white_matter"] > 0.8
+    truth, _ = synthetic_volume(tmp_path / "sub01.nii.gz")
+    np.save(tmp_path / "slice.npy", synthetic_pair(np.random.default_rng(2))[0])
+    r = mriseg("predict", "--model", tmp_path / "model.pt", "--out", tmp_path / "out", tmp_path / "sub01.nii.gz",
+               tmp_path / "slice.npy")
+    assert r.returncode == 0, r.stderr
+    assert "stands in for its own neighbours" in r.stderr
+    mask = np.asarray(nib.load(tmp_path / "out" / "sub01_mask.nii.gz").dataobj)[..., 0]
+    for c in (0, 1):
+        dice = 2 * ((mask == c) & (truth == c)).sum() / ((mask == c).sum() + (truth == c).sum())
+        assert dice > 0.75, (c, dice)
+    assert np.load(tmp_path / "out" / "slice_mask.npy").shape == (48, 40)

@@ -52,7 +52,8 @@ def main(argv=None):
     m.add_argument("--out", required=True, help="the zip to write")
     m.add_argument("--labels", default="ibsr",
                    help="ibsr | freesurfer-aseg | fsl-fast | an explicit map like '3:0,2:1' (0 WM, 1 GM, rest background)")
-    m.add_argument("--axis", default="axial", choices=["axial", "coronal", "sagittal"])
+    m.add_argument("--axis", default="auto", choices=["auto", "axial", "coronal", "sagittal"],
+                   help="slicing plane; auto: across the thickest voxels (the acquisition plane), axial if isotropic")
     m.add_argument("--pixel-size", type=float, default=1.0, help="in-plane mm after resampling (0: keep voxels)")
     m.add_argument("--min-tissue", type=int, default=100, help="keep slices with at least this many tissue pixels")
     m.set_defaults(func=make_archive_command)

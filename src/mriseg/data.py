@@ -9,7 +9,7 @@ import torch
 
 from .archive import mask_name, slice_index
 from .io import atomic_path
-from .volumes import NORMALIZATION
+from .volumes import NORMALIZATION, with_context
 
 # Archives made by `mriseg make-archive` name images sub-<subject>_slice-<n>_<ix>.npy.
 SUBJECT_NAME = re.compile(r"^sub-(?P<subject>.+)_slice-(?P<slice>\d+)_[^_]+$")
@@ -91,22 +91,52 @@ def archive_metadata(root):
             "pixel_size_mm": meta.get("pixel_size_mm")}
 
 
-def load_split(manifest, split):
-    """All pairs of one split as (images float32 [N,1,H,W], masks uint8 [N,H,W], rows).
+def neighbour_rows(manifest, rows, context, where="data/manifest.csv"):
+    """For each row, {offset: index into the neighbours list} of the same subject's slices at slice +- offset.
 
+    Neighbours are looked up in the whole manifest (a subject sits on one side of a subject split; in a
+    slice split an image may borrow its neighbour's pixels, never its labels). Returns (neighbours, paths).
+    """
+    if (rows["slice"] < 0).any():
+        raise SystemExit(f"{where}: train.context={context} needs each slice's neighbours, but image names carry "
+                         "no subject and slice (sub-<id>_slice-<n>_<ix>.npy, as make-archive writes); "
+                         "use train.context=0")
+    index = {(r.subject, r.slice): r.image for r in manifest.itertuples()}
+    paths = list(rows["image"])
+    position = {p: i for i, p in enumerate(paths)}
+    neighbours = []
+    for r in rows.itertuples():
+        found = {}
+        for d in range(-context, context + 1):
+            path = index.get((r.subject, r.slice + d))
+            if path is not None:
+                found[d] = position.setdefault(path, len(paths))
+                if found[d] == len(paths):
+                    paths.append(path)
+        neighbours.append(found)
+    return neighbours, paths
+
+
+def load_split(manifest, split, context=0):
+    """All pairs of one split as (images float32 [N,C,H,W], masks uint8 [N,H,W], rows).
+
+    C = 2 * context + 1: with context > 0 each slice comes with its neighbours as channels (2.5D).
     Slices of different sizes are zero-padded (background in the mask) at the bottom/right to the
     largest size, so a whole split is one tensor and batches are plain slices of it.
     """
     rows = manifest[manifest["split"] == split].reset_index(drop=True)
-    images = [np.load(p, allow_pickle=False) for p in rows["image"]]
+    if not len(rows):
+        return torch.zeros(0, 2 * context + 1, 1, 1), torch.zeros(0, 1, 1, dtype=torch.uint8), rows
+    neighbours, paths = neighbour_rows(manifest, rows, context) if context else (None, list(rows["image"]))
+    images = [np.load(p, allow_pickle=False) for p in paths]
     masks = [np.load(p, allow_pickle=False) for p in rows["mask"]]
-    if not images:
-        return torch.zeros(0, 1, 1, 1), torch.zeros(0, 1, 1, dtype=torch.uint8), rows
     h = max(a.shape[0] for a in images)
     w = max(a.shape[1] for a in images)
-    x = np.zeros((len(images), 1, h, w), np.float32)
+    x = np.zeros((len(images), h, w), np.float32)
     y = np.full((len(masks), h, w), 2, np.uint8)
-    for i, (a, m) in enumerate(zip(images, masks)):
-        x[i, 0, : a.shape[0], : a.shape[1]] = a
+    for i, a in enumerate(images):
+        x[i, : a.shape[0], : a.shape[1]] = a
+    for i, m in enumerate(masks):
         y[i, : m.shape[0], : m.shape[1]] = m
-    return torch.from_numpy(x), torch.from_numpy(y), rows
+    x = with_context(x, context, neighbours) if context else x[:, None]
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), rows

@@ -4,7 +4,9 @@ Sources: a folder of pairs `<subject>.nii.gz` + `<subject>_seg.nii.gz` (also .ni
 subject folders (`<subject>/mri/norm.mgz` + `aseg.mgz`), or FSL FAST outputs (`<subject>.nii.gz` +
 `<subject>_pve_0/1/2.nii.gz`). Every volume is put in RAS+ orientation, resampled in-plane to square
 pixels (`--pixel-size`, linear for images, nearest for labels: anatomy is never stretched),
-normalised on its own (robust percentiles to [0, 1]), and cut into slices along `--axis`; slices with
+normalised on its own (robust percentiles to [0, 1]), and cut into slices along `--axis` (auto: the
+acquisition plane, i.e. across the thickest voxels, so slices keep their native resolution; axial
+when voxels are isotropic); slices with
 at least `--min-tissue` labelled tissue pixels are kept and centre-padded (never stretched) to one
 size. Images are named `sub-<subject>_slice-<n>_<ix>.npy`, so the pairing rule holds and the split
 stage keeps each subject on one side.
@@ -17,8 +19,8 @@ from tqdm import tqdm
 
 from .archive import write_archive
 from .io import atomic_path
-from .volumes import (NORMALIZATION, VOLUME_SUFFIXES, VolumeError, load_volume, normalize_volume, resample_inplane,
-                      to_slices)
+from .volumes import (NORMALIZATION, VOLUME_SUFFIXES, VolumeError, acquisition_axis, load_volume, normalize_volume,
+                      resample_inplane, to_slices)
 
 # FreeSurfer aseg labels (FreeSurferColorLUT). Brainstem goes to white matter, as in IBSR's tracings.
 ASEG_WHITE = (2, 41, 7, 46, 16, 77, 78, 79, 85, 251, 252, 253, 254, 255)
@@ -115,10 +117,24 @@ def center_pad(a, shape, fill):
     return out
 
 
-def make_archive(src, out, labels="ibsr", axis="axial", pixel_size=1.0, min_tissue=100):
-    """Build the archive; returns (number of subjects, number of slices). pixel_size 0/None keeps voxels."""
+def choose_axis(subjects):
+    """`--axis auto`: the acquisition plane most subjects share (axial for isotropic voxels)."""
+    from collections import Counter
+
+    votes = Counter(acquisition_axis(load_volume(image_path)[1]) for _, image_path, _ in subjects)
+    return max(sorted(votes), key=lambda a: (votes[a], a == "axial"))
+
+
+def make_archive(src, out, labels="ibsr", axis="auto", pixel_size=1.0, min_tissue=100):
+    """Build the archive; returns (number of subjects, number of slices). pixel_size 0/None keeps voxels.
+
+    axis "auto" slices along the thickest voxels (the acquisition plane), axial when they are isotropic;
+    the archive's mriseg.json records the axis used.
+    """
     labels, pixel_size = parse_labels(labels), pixel_size or None
     subjects = find_subjects(src, labels)
+    if axis == "auto":
+        axis = choose_axis(subjects)
     per_subject = []
     for subject, image_path, label_paths in tqdm(subjects, desc="make-archive", unit="subject"):
         per_subject.append((subject, subject_slices(image_path, label_paths, labels, axis, pixel_size, min_tissue)))

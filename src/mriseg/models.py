@@ -90,9 +90,11 @@ class UNetResNet(nn.Module):
         rgb_conv1 = encoder.conv1.weight.detach()
         encoder.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         if pretrained and stem_init == "average":
-            # Keep what the pretrained stem learned: average its RGB kernels into the input channels.
+            # Keep what the pretrained stem learned: average its RGB kernels into the input channels
+            # (divided among them, so a stack of near-identical neighbouring slices gives the same response).
             with torch.no_grad():
-                encoder.conv1.weight.copy_(rgb_conv1.mean(dim=1, keepdim=True).expand(-1, in_channels, -1, -1))
+                mean = rgb_conv1.mean(dim=1, keepdim=True) / in_channels
+                encoder.conv1.weight.copy_(mean.expand(-1, in_channels, -1, -1))
         # The whole torchvision ResNet stays a submodule, as in the recipe: its unused fc head
         # (513,000 parameters) is part of the specified 14,750,635 and of the checkpoint layout.
         self.encoder = encoder
@@ -117,11 +119,12 @@ class UNetResNet(nn.Module):
 MODELS = ("unet", "resnet")
 
 
-def build_model(name, pretrained=False, stem_init="random"):
+def build_model(name, pretrained=False, stem_init="random", in_channels=1):
+    """in_channels = 2 * train.context + 1: the slice and its neighbours."""
     if name == "unet":
-        return UNet()
+        return UNet(in_channels)
     if name == "resnet":
-        return UNetResNet(pretrained=pretrained, stem_init=stem_init)
+        return UNetResNet(in_channels, pretrained=pretrained, stem_init=stem_init)
     raise ValueError(f"params.yaml: model must be one of {MODELS}, got {name!r}")
 
 
@@ -149,7 +152,8 @@ def load_checkpoint(path, device="cpu"):
         raise CheckpointError(f"{path}: not an mriseg checkpoint (missing {', '.join(missing)})")
     if ckpt["model"] not in MODELS:
         raise CheckpointError(f"{path}: unknown model {ckpt['model']!r}")
-    model = build_model(ckpt["model"])  # architecture only: the weights come from the checkpoint
+    # Architecture only: the weights come from the checkpoint.
+    model = build_model(ckpt["model"], in_channels=2 * int(ckpt.get("context", 0)) + 1)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

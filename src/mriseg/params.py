@@ -30,4 +30,8 @@ def load_params(path="params.yaml"):
         value = params.get(section, {}).get(name)
         if value is not None and value not in allowed:
             raise SystemExit(f"{path}: {key} must be one of {allowed}, got {value!r}")
+    context = params.get("train", {}).get("context", 0)
+    if not isinstance(context, int) or isinstance(context, bool) or context < 0:
+        raise SystemExit(f"{path}: train.context must be a whole number >= 0 (neighbouring slices each side), "
+                         f"got {context!r}")
     return params

@@ -12,7 +12,7 @@ from .training import autocast
 
 @torch.no_grad()
 def predict_labels(model, x, device, amp=True, batch_size=32):
-    """images [N,1,H,W] float32 -> labels [N,H,W] uint8 (argmax over the three classes)."""
+    """images [N,C,H,W] float32 -> labels [N,H,W] uint8 (argmax over the three classes)."""
     model.eval()
     out = []
     for i in range(0, len(x), batch_size):
@@ -83,10 +83,20 @@ class Predictor:
         self.batch_size = batch_size
         pixel = self.ckpt.get("pixel_size_mm")
         self.pixel_size = float(pixel[0]) if pixel else None
+        self.context = int(self.ckpt.get("context", 0))
 
     def labels(self, slices):
-        x = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None]
-        return predict_labels(self.model, x, self.device, self.amp, self.batch_size)
+        """(n, H, W) slices, in order through one volume -> (n, H, W) labels.
+
+        A model trained with train.context > 0 gets each slice's neighbours as channels; a lone slice, or
+        one at the end of the volume, stands in for its missing neighbours (as in training).
+        """
+        from .volumes import with_context
+
+        slices = np.asarray(slices, dtype=np.float32)
+        x = with_context(slices, self.context) if self.context else slices[:, None]
+        return predict_labels(self.model, torch.from_numpy(np.ascontiguousarray(x)), self.device, self.amp,
+                              self.batch_size)
 
     def predict_volume(self, path):
         """(labels on the input's own grid and shape, input image, displayed slices, displayed labels)."""
@@ -138,6 +148,9 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
                              "rename one or run them separately")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if predictor.context and any(p.suffix == ".npy" for p in files):
+        log(f"predict: note: {checkpoint} was trained with {predictor.context} neighbouring slice(s) each side; "
+            "a lone .npy slice stands in for its own neighbours (segment whole volumes for the full benefit)")
     rows, failed = [], 0
     for path in tqdm(files, desc="predict", unit="file"):
         stem, ext = volume_stem(path)

@@ -37,7 +37,8 @@ def build_sample_archive(path):
     mask = labels_from_probabilities(wm, gm)[CROP]
     images, masks = to_slices(image), to_slices(mask)
     keep = [z for z in range(len(masks)) if (masks[z] < 2).sum() >= MIN_BRAIN_PIXELS]
-    pairs = ((f"mni152_{z:03d}.npy", images[z], masks[z]) for z in keep)
+    # Subject and slice in the name, as make-archive writes them: train.context finds each slice's neighbours.
+    pairs = ((f"sub-mni152_slice-{z:03d}_{z}.npy", images[z], masks[z]) for z in keep)
     metadata = {"source": "MNI152 2009 templates shipped with nilearn (1 mm)", "axis": "axial",
                 "normalization": NORMALIZATION, "pixel_size_mm": [1.0, 1.0]}
     write_archive(path, pairs, metadata)

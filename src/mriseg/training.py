@@ -17,7 +17,7 @@ from .models import build_model
 
 
 # `train.recipe: tutorial` puts back every training choice of the reference tutorial in one setting.
-TUTORIAL_RECIPE = {"loss": "bce", "augment": False, "schedule": "constant", "stem_init": "random"}
+TUTORIAL_RECIPE = {"loss": "bce", "augment": False, "schedule": "constant", "stem_init": "random", "context": 0}
 
 
 def resolve_recipe(cfg):
@@ -147,7 +147,12 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
     loss_name = cfg.get("loss", "bce")
     activation = "sigmoid" if loss_name == "bce" else "softmax"
 
-    model = build_model(model_name, pretrained=cfg["pretrained"], stem_init=cfg.get("stem_init", "random"))
+    x_train, y_train = train_data
+    context = cfg.get("context", 0)
+    if x_train.shape[1] != 2 * context + 1:
+        raise ValueError(f"train.context={context} needs {2 * context + 1} input channels, the data has {x_train.shape[1]}")
+    model = build_model(model_name, pretrained=cfg["pretrained"], stem_init=cfg.get("stem_init", "random"),
+                        in_channels=x_train.shape[1])
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     step_model = torch.compile(model) if cfg.get("compile") else model
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
@@ -156,7 +161,6 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0))
     gen = torch.Generator().manual_seed(cfg["seed"])
 
-    x_train, y_train = train_data
     fingerprint = data_fingerprint({"model": model_name, "train": cfg}, x_train, y_train)
     history, start, best = [], 0, {"score": -1.0, "epoch": None, "state_dict": None}
     resume_path = Path(resume_path)
@@ -235,7 +239,7 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
 
     state_dict = best["state_dict"] if best["state_dict"] is not None else model.state_dict()
     ckpt = {"format": 1, "model": model_name, "state_dict": {k: v.cpu() for k, v in state_dict.items()},
-            "classes": list(CLASS_NAMES), "activation": activation, "loss": loss_name,
+            "classes": list(CLASS_NAMES), "activation": activation, "loss": loss_name, "context": context,
             "best_epoch": best["epoch"] or epochs, "history": history, "train": cfg, **(extra or {})}
     with atomic_path(out_path) as tmp:
         torch.save(ckpt, tmp)

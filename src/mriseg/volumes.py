@@ -33,6 +33,25 @@ def from_slices(slices, axis="axial"):
     return np.moveaxis(vol, -1, AXES[axis])
 
 
+def with_context(slices, context, neighbours=None):
+    """(n, H, W) slices -> (n, 2*context+1, H, W): each slice with its neighbours as channels (2.5D).
+
+    neighbours[i] maps offset d to the index of slice i's neighbour (absent when it has none; then only
+    the first len(neighbours) slices get an output); by default slices are one ordered volume. A missing
+    neighbour, past the ends of the volume, repeats the slice itself: the same rule in training and in
+    prediction.
+    """
+    slices = np.asarray(slices)
+    n = len(slices) if neighbours is None else len(neighbours)
+    offsets = range(-context, context + 1)
+    out = np.empty((n, len(offsets)) + slices.shape[1:], slices.dtype)
+    for i in range(n):
+        for c, d in enumerate(offsets):
+            j = (i + d if 0 <= i + d < n else None) if neighbours is None else neighbours[i].get(d)
+            out[i, c] = slices[i if j is None else j]
+    return out
+
+
 class VolumeError(ValueError):
     """An unreadable or unusable volume; one line naming the file."""
 
@@ -88,6 +107,18 @@ def resample_inplane(img3, axis="axial", pixel_size=None, order=1, cval=0):
     if np.allclose(zooms, target, rtol=1e-3):
         return canon
     return resample_to_output(canon, voxel_sizes=target, order=order, cval=cval)
+
+
+def acquisition_axis(img, anisotropy=1.2):
+    """The plane a volume was acquired in: slices across its thickest voxels keep the native in-plane
+    resolution (IBSR: 1.5 mm coronal slices of 0.94 mm pixels -> coronal). Isotropic voxels -> axial."""
+    import nibabel as nib
+
+    world_axis = nib.orientations.io_orientation(img.affine)[:, 0].astype(int)  # voxel axis -> R/A/S axis
+    zooms = dict(zip(world_axis, nib.affines.voxel_sizes(img.affine)))
+    if max(zooms.values()) < anisotropy * min(zooms.values()):
+        return "axial"
+    return {v: k for k, v in AXES.items()}[max(zooms, key=zooms.get)]
 
 
 def back_to_grid(labels_img, reference_img3, background):

@@ -1,16 +1,20 @@
 """Tutorial recipe vs mriseg's default recipe on real IBSR subjects, subject-wise cross-validation.
 
 The shared IBSR subjects become one archive (`mriseg make-archive --labels ibsr`); each fold holds out
-whole subjects for testing. For every fold, network and recipe the same epochs are trained; the
-mriseg recipe is params.yaml's `train` section (it also holds out one training subject as validation
-to pick the best epoch), the tutorial recipe is the same with the tutorial's settings (BCE on one-hot
-masks, no augmentation, constant learning rate, random 1-channel stem, last epoch). Scores on the
-held-out subjects: IoU as the tutorial computes it, and dataset-level Dice per tissue.
+whole subjects for testing. For every fold, network and variant the same epochs are trained. A
+variant is a recipe with optional overrides of params.yaml's `train` section: `mriseg` is that
+section as it is, `tutorial` the same with the tutorial's settings (BCE on one-hot masks, no
+augmentation, constant learning rate, random 1-channel stem), `mriseg,augment=false,val=1` overrides
+two switches (`val=N` holds out N training subjects to pick the best epoch). Scores on the held-out
+subjects: IoU as the tutorial computes it, and dataset-level Dice per tissue.
 
     python benchmarks/ibsr.py                     # CPU default, sized for < 45 min on 2 cores
-    python benchmarks/ibsr.py --device cuda --folds 5 --epochs 30 --train-stride 1
+    python benchmarks/ibsr.py --folds 5 --epochs 30 --train-stride 1     # on a GPU
+    python benchmarks/ibsr.py --models unet --variants tutorial mriseg mriseg,augment=false
 """
 import argparse
+import json
+import platform
 import sys
 import tempfile
 import time
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 import yaml
 
 from mriseg.archive import extract_archive
@@ -25,7 +30,7 @@ from mriseg.data import archive_metadata, list_pairs, load_split
 from mriseg.make_archive import make_archive
 from mriseg.metrics import scores
 from mriseg.models import load_checkpoint
-from mriseg.training import evaluate, pick_device, train
+from mriseg.training import evaluate, pick_device, resolve_recipe, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,25 +40,41 @@ def folds_of(subjects, k, seed):
     return [sorted(order[i::k]) for i in range(k)]
 
 
-def run_one(rows, test_subjects, model, recipe, cfg, args, meta):
+def parse_variant(spec):
+    """'mriseg,loss=ce,val=1' -> ('mriseg', {'loss': 'ce'}, 1)."""
+    recipe, *items = spec.split(",")
+    if recipe not in ("mriseg", "tutorial"):
+        raise SystemExit(f"--variants {spec!r}: starts with mriseg or tutorial")
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--variants {spec!r}: {item!r} is not key=value")
+        overrides[key] = yaml.safe_load(value)
+    return recipe, overrides, int(overrides.pop("val", 0))
+
+
+def run_one(rows, test_subjects, model, variant, cfg, args, meta):
+    recipe, overrides, n_val = parse_variant(variant)
     df = pd.DataFrame(rows)
     df["split"] = np.where(df["subject"].isin(test_subjects), "test", "train")
     train_subjects = sorted(set(df["subject"]) - set(test_subjects))
-    if recipe == "mriseg" and len(train_subjects) > 2:
-        df.loc[df["subject"] == train_subjects[0], "split"] = "val"
+    df.loc[df["subject"].isin(train_subjects[:n_val]), "split"] = "val"
     # Every n-th slice of the training subjects: neighbouring slices are near copies, and time is short.
     is_train = df["split"] == "train"
     keep = ~is_train | (df["slice"] % args.train_stride == 0)
     df = df[keep]
-    x, y, _ = load_split(df, "train")
-    evals = {"val": load_split(df, "val")[:2]} if (df["split"] == "val").any() else {}
-    cfg = {**cfg, "recipe": recipe, "epochs": args.epochs, "device": args.device, "pretrained": args.pretrained}
+    cfg = resolve_recipe({**cfg, "recipe": recipe, "epochs": args.epochs, "device": args.device,
+                          "pretrained": args.pretrained, **overrides})
+    context = cfg.get("context", 0)
+    x, y, _ = load_split(df, "train", context)
+    evals = {"val": load_split(df, "val", context)[:2]} if (df["split"] == "val").any() else {}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         ckpt = train(cfg, model, (x, y), evals, Path(tmp) / "m.pt", Path(tmp) / "r.pt", extra=meta)
         seconds = time.perf_counter() - t0
         net, _ = load_checkpoint(Path(tmp) / "m.pt", pick_device(args.device))
-    xt, yt, _ = load_split(df, "test")
+    xt, yt, _ = load_split(df, "test", context)
     r = evaluate(net, xt, yt, 32, pick_device(args.device), cfg["amp"], ckpt["loss"], ckpt["activation"])
     s = scores(r["confusion"])
     return {"iou": r["iou"], "dice_wm": s["dice_white_matter"], "dice_gm": s["dice_gray_matter"],
@@ -67,49 +88,91 @@ def main():
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--train-stride", type=int, default=4, help="train on every n-th slice of training subjects")
     p.add_argument("--models", default="unet,resnet")
+    p.add_argument("--variants", nargs="+", default=["tutorial", "mriseg"],
+                   help="recipes to compare: tutorial, mriseg, or either with ,key=value overrides")
+    p.add_argument("--axis", default="auto", choices=["auto", "axial", "coronal", "sagittal"],
+                   help="make-archive's slicing plane (auto: coronal for IBSR, its acquisition plane)")
+    p.add_argument("--pixel-size", type=float, default=1.0, help="in-plane mm of the archive (make-archive)")
+    p.add_argument("--only-folds", help="comma-separated fold numbers to run (default: all)")
     p.add_argument("--device", default="auto")
     p.add_argument("--pretrained", action="store_true", help="ImageNet weights for the ResNet encoder (needs the cache)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ibsr.md"))
+    p.add_argument("--jsonl", help="also append every finished run to this file, as it finishes")
+    p.add_argument("--table", nargs="+", metavar="JSONL",
+                   help="only write the table, from --jsonl files of earlier runs (e.g. folds run in parallel)")
     args = p.parse_args()
+    if args.table:
+        results = [json.loads(line) for path in args.table for line in Path(path).read_text().splitlines() if line]
+    else:
+        results = run_all(args)
+    text = table(results)
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+
+
+def device_name(device):
+    device = pick_device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {torch.get_num_threads()} threads ({platform.processor() or platform.machine()})"
+
+
+def run_all(args):
     if not Path(args.src).exists():
         sys.exit(f"{args.src}: IBSR subjects not found (the shared data folder)")
     cfg = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
-
     with tempfile.TemporaryDirectory() as tmp:
-        make_archive(args.src, Path(tmp) / "ibsr.zip", labels="ibsr")
+        make_archive(args.src, Path(tmp) / "ibsr.zip", labels="ibsr", axis=args.axis, pixel_size=args.pixel_size)
         extract_archive(Path(tmp) / "ibsr.zip", Path(tmp) / "MRIs")
         rows = list_pairs(Path(tmp) / "MRIs")
         meta = archive_metadata(Path(tmp) / "MRIs")
         subjects = sorted({r["subject"] for r in rows})
+        setup = {"subjects": len(subjects), "axis": meta["axis"], "pixel_size": args.pixel_size, "folds": args.folds,
+                 "epochs": args.epochs, "train_stride": args.train_stride, "device": device_name(args.device)}
         results = []
+        only = {int(f) for f in args.only_folds.split(",")} if args.only_folds else None
         for fold, test_subjects in enumerate(folds_of(subjects, args.folds, args.seed)):
+            if only is not None and fold not in only:
+                continue
             for model in args.models.split(","):
-                for recipe in ("tutorial", "mriseg"):
-                    r = run_one(rows, test_subjects, model, recipe, cfg, args, meta)
+                for variant in args.variants:
+                    r = run_one(rows, test_subjects, model, variant, cfg, args, meta)
                     results.append({"fold": fold, "test subjects": " ".join(test_subjects), "model": model,
-                                    "recipe": recipe, **r})
-                    print(f"fold {fold} {model:6s} {recipe:8s} IoU {r['iou']:.4f} Dice WM {r['dice_wm']:.4f} "
+                                    "recipe": variant, **r, **setup})
+                    print(f"fold {fold} {model:6s} {variant:24s} IoU {r['iou']:.4f} Dice WM {r['dice_wm']:.4f} "
                           f"GM {r['dice_gm']:.4f} ({r['minutes']:.1f} min)", flush=True)
+                    if args.jsonl:
+                        with open(args.jsonl, "a") as f:
+                            f.write(json.dumps(results[-1]) + "\n")
+    return results
 
-    df = pd.DataFrame(results)
-    summary = df.groupby(["model", "recipe"])[["iou", "dice_wm", "dice_gm"]].agg(["mean", "std"])
-    lines = [f"{len(subjects)} IBSR subjects, {args.folds}-fold subject-wise CV, {args.epochs} epochs, every "
-             f"{args.train_stride} training slice(s), device {pick_device(args.device)}", "",
+
+def table(results):
+    """Markdown: one row per run, then mean ± sd per network and recipe, with the paired IoU gain over the
+    tutorial recipe (same folds)."""
+    df = pd.DataFrame(results).sort_values(["fold", "model"], kind="stable")
+    s = results[0]
+    lines = [f"{s['subjects']} IBSR subjects, {s['axis']} slices at {s['pixel_size']} mm, {s['folds']}-fold "
+             f"subject-wise CV, {s['epochs']} epochs, every {s['train_stride']} training slice(s), {s['device']}", "",
              "| fold | test subjects | model | recipe | IoU (tutorial) | Dice WM | Dice GM | train slices | best epoch | minutes |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
+    for r in df.to_dict("records"):
         lines.append(f"| {r['fold']} | {r['test subjects']} | {r['model']} | {r['recipe']} | {r['iou']:.4f} | "
                      f"{r['dice_wm']:.4f} | {r['dice_gm']:.4f} | {r['train_slices']} | {r['best_epoch']} | {r['minutes']:.1f} |")
-    lines += ["", "| model | recipe | IoU mean ± sd | Dice WM mean ± sd | Dice GM mean ± sd |", "|---|---|---|---|---|"]
-    for (model, recipe), row in summary.iterrows():
-        lines.append(f"| {model} | {recipe} | {row[('iou', 'mean')]:.4f} ± {row[('iou', 'std')]:.4f} | "
-                     f"{row[('dice_wm', 'mean')]:.4f} ± {row[('dice_wm', 'std')]:.4f} | "
-                     f"{row[('dice_gm', 'mean')]:.4f} ± {row[('dice_gm', 'std')]:.4f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    lines += ["", "| model | recipe | folds | IoU mean ± sd | IoU − tutorial's (paired) | Dice WM mean ± sd | Dice GM mean ± sd |",
+              "|---|---|---|---|---|---|---|"]
+    iou = df.pivot_table(index=["model", "fold"], columns="recipe", values="iou")
+    for (model, recipe), g in df.groupby(["model", "recipe"], sort=False):
+        gain = "–"
+        if recipe != "tutorial" and "tutorial" in iou:
+            d = (iou[recipe] - iou["tutorial"]).loc[model].dropna()
+            gain = f"{d.mean():+.4f} (better in {(d > 0).sum()} of {len(d)})" if len(d) else "–"
+        sd = lambda c: f"{g[c].std():.4f}" if len(g) > 1 else "–"
+        lines.append(f"| {model} | {recipe} | {len(g)} | {g['iou'].mean():.4f} ± {sd('iou')} | {gain} | "
+                     f"{g['dice_wm'].mean():.4f} ± {sd('dice_wm')} | {g['dice_gm'].mean():.4f} ± {sd('dice_gm')} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Stage train: data/manifest.csv -> models/model.pt, per-epoch curves in reports/train (DVCLive)."""
 import sys
 
-from mriseg.data import archive_metadata, load_split, read_manifest
+from mriseg.data import archive_metadata, load_split, read_manifest, usable_context
 from mriseg.models import PretrainedWeightsUnavailable
 from mriseg.params import load_params
 from mriseg.training import resolve_recipe, train
@@ -10,14 +10,15 @@ from mriseg.training import resolve_recipe, train
 def main():
     params = load_params()
     manifest = read_manifest("data/manifest.csv")
-    context = resolve_recipe(params["train"]).get("context", 0)
+    cfg = resolve_recipe(params["train"])
+    context = cfg["context"] = usable_context(manifest, cfg.get("context", 0))
     x, y, rows = load_split(manifest, "train", context)
     evals = {s: load_split(manifest, s, context)[:2] for s in ("val", "test")}
     meta = archive_metadata("data/MRIs")
     print(f"train {len(x)} slices {tuple(x.shape[2:])}, val {len(evals['val'][0])}, test {len(evals['test'][0])}; "
           f"model {params['model']}, {x.shape[1]} input channel(s)")
     try:
-        train(params["train"], params["model"], (x, y), evals, "models/model.pt", "models/resume.pt",
+        train(cfg, params["model"], (x, y), evals, "models/model.pt", "models/resume.pt",
               live_dir="reports/train", eval_batch_size=params["train"]["eval_batch_size"],
               extra={**meta, "input_size": list(x.shape[2:])})
     except PretrainedWeightsUnavailable as e:

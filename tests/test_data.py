@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mriseg.archive import extract_archive
-from mriseg.data import list_pairs, load_split, make_split, read_manifest, write_manifest
+from mriseg.data import list_pairs, load_split, make_split, read_manifest, usable_context, write_manifest
 from conftest import make_tiny_archive
 
 
@@ -75,7 +75,7 @@ def test_manifest_round_trip_and_load_pads_mixed_sizes(tmp_path):
 
 def subject_manifest(tmp_path, slices, split_of=lambda z: "train"):
     """One subject's slices (image value = slice number) written to disk, as a manifest."""
-    (tmp_path / "MRIs").mkdir()
+    (tmp_path / "MRIs").mkdir(parents=True)
     (tmp_path / "Segmentations").mkdir()
     rows = []
     for z in slices:
@@ -107,3 +107,7 @@ def test_context_needs_subject_and_slice_names(tmp_path):
     df = make_split(list_pairs(tmp_path / "MRIs"), test_size=2, seed=0)
     with pytest.raises(SystemExit, match="train.context=1 needs each slice's neighbours"):
         load_split(df, "train", context=1)
+    # The train stage falls back to single slices for such archives (the tutorial's), and says so.
+    said = []
+    assert usable_context(df, 1, said.append) == 0 and "training on single slices" in said[0]
+    assert usable_context(subject_manifest(tmp_path / "s", [1, 2]), 2, said.append) == 2 and len(said) == 1

@@ -21,7 +21,7 @@ def test_sample_archive_is_deterministic_and_in_the_tutorial_layout(tmp_path):
     assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
     assert extract_archive(a, tmp_path / "MRIs") == n and 100 <= n <= 200
     img = np.load(tmp_path / "MRIs" / "MRIs" / "sub-mni152_slice-090_90.npy")
-    mask = np.load(tmp_path / "MRIs" / "Segmentations" / "segm_090.npy")
+    mask = np.load(tmp_path / "MRIs" / "Segmentations" / "segm_90.npy")
     assert img.dtype == np.float32 and mask.dtype == np.uint8 and img.shape == mask.shape == (192, 160)
     assert 0 <= img.min() and img.max() <= 1.0
     assert set(np.unique(mask)) == {0, 1, 2}

@@ -117,6 +117,16 @@ def neighbour_rows(manifest, rows, context, where="data/manifest.csv"):
     return neighbours, paths
 
 
+def usable_context(manifest, context, log=print):
+    """train.context where every slice's neighbours can be found; 0 (one slice at a time) for archives
+    whose names carry no subject and slice, such as the tutorial's, and the train stage says so."""
+    if context and (manifest["slice"] < 0).any():
+        log(f"train.context={context}: image names carry no subject and slice (sub-<id>_slice-<n>_<ix>.npy), "
+            "so neighbours are unknown: training on single slices (context 0)")
+        return 0
+    return context
+
+
 def load_split(manifest, split, context=0):
     """All pairs of one split as (images float32 [N,C,H,W], masks uint8 [N,H,W], rows).
 

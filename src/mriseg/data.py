@@ -91,14 +91,14 @@ def archive_metadata(root):
             "pixel_size_mm": meta.get("pixel_size_mm")}
 
 
-def neighbour_rows(manifest, rows, context, where="data/manifest.csv"):
+def neighbour_rows(manifest, rows, context):
     """For each row, {offset: index into the neighbours list} of the same subject's slices at slice +- offset.
 
     Neighbours are looked up in the whole manifest (a subject sits on one side of a subject split; in a
     slice split an image may borrow its neighbour's pixels, never its labels). Returns (neighbours, paths).
     """
     if (rows["slice"] < 0).any():
-        raise SystemExit(f"{where}: train.context={context} needs each slice's neighbours, but image names carry "
+        raise SystemExit(f"data/manifest.csv: train.context={context} needs each slice's neighbours, but image names carry "
                          "no subject and slice (sub-<id>_slice-<n>_<ix>.npy, as make-archive writes); "
                          "use train.context=0")
     index = {(r.subject, r.slice): r.image for r in manifest.itertuples()}
@@ -109,10 +109,12 @@ def neighbour_rows(manifest, rows, context, where="data/manifest.csv"):
         found = {}
         for d in range(-context, context + 1):
             path = index.get((r.subject, r.slice + d))
-            if path is not None:
-                found[d] = position.setdefault(path, len(paths))
-                if found[d] == len(paths):
-                    paths.append(path)
+            if path is None:
+                continue  # not in the archive (too little tissue, or past the volume): the slice stands in
+            if path not in position:  # a neighbour from outside this split: its image only
+                position[path] = len(paths)
+                paths.append(path)
+            found[d] = position[path]
         neighbours.append(found)
     return neighbours, paths
 

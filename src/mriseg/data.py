@@ -92,10 +92,11 @@ def archive_metadata(root):
 
 
 def neighbour_rows(manifest, rows, context):
-    """For each row, {offset: index into the neighbours list} of the same subject's slices at slice +- offset.
+    """(neighbours, paths): the image paths to load (the split's own first, then outside neighbours), and
+    for each row {offset: index into paths} of the same subject's slices at slice +- offset.
 
     Neighbours are looked up in the whole manifest (a subject sits on one side of a subject split; in a
-    slice split an image may borrow its neighbour's pixels, never its labels). Returns (neighbours, paths).
+    slice split an image may borrow its neighbour's pixels, never its labels).
     """
     if (rows["slice"] < 0).any():
         raise SystemExit(f"data/manifest.csv: train.context={context} needs each slice's neighbours, but image names carry "

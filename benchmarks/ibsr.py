@@ -54,16 +54,26 @@ def parse_variant(spec):
     return recipe, overrides, int(overrides.pop("val", 0))
 
 
-def run_one(rows, test_subjects, model, variant, cfg, args, meta):
-    recipe, overrides, n_val = parse_variant(variant)
+def fold_manifest(rows, test_subjects, n_val=0, train_stride=1):
+    """The manifest of one fold: test subjects, the first n_val other subjects for validation, the rest
+    for training, of whose slices only every train_stride-th is trained on ("unused" for the others).
+
+    Skipped slices stay in the manifest, so that with train.context the trained slices still get their
+    real neighbours as channels, as they do at test time (dropping the rows would give them copies of
+    themselves instead).
+    """
     df = pd.DataFrame(rows)
     df["split"] = np.where(df["subject"].isin(test_subjects), "test", "train")
     train_subjects = sorted(set(df["subject"]) - set(test_subjects))
     df.loc[df["subject"].isin(train_subjects[:n_val]), "split"] = "val"
-    # Every n-th slice of the training subjects: neighbouring slices are near copies, and time is short.
-    is_train = df["split"] == "train"
-    keep = ~is_train | (df["slice"] % args.train_stride == 0)
-    df = df[keep]
+    # Neighbouring slices are near copies, and time is short.
+    df.loc[(df["split"] == "train") & (df["slice"] % train_stride != 0), "split"] = "unused"
+    return df
+
+
+def run_one(rows, test_subjects, model, variant, cfg, args, meta):
+    recipe, overrides, n_val = parse_variant(variant)
+    df = fold_manifest(rows, test_subjects, n_val, args.train_stride)
     cfg = resolve_recipe({**cfg, "recipe": recipe, "epochs": args.epochs, "device": args.device,
                           "pretrained": args.pretrained, **overrides})
     context = cfg.get("context", 0)

@@ -2,7 +2,8 @@ import pytest
 import torch
 from torchvision.models import ResNet18_Weights, resnet18
 
-from mriseg.models import (PretrainedWeightsUnavailable, UNet, UNetResNet, build_model, count_parameters, pad_to)
+from mriseg.models import (FlipAveraged, PretrainedWeightsUnavailable, UNet, UNetResNet, build_model, count_parameters,
+                           pad_to)
 
 
 def test_parameter_counts_match_the_recipe():
@@ -73,3 +74,20 @@ def test_pretrained_without_cache_offline_says_how_to_proceed(tmp_path, monkeypa
         UNetResNet(pretrained=True)
     msg = str(err.value)
     assert "train.pretrained=false" in msg and str(tmp_path) in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_flip_averaged_prediction_is_mirror_symmetric_and_a_probability(activation):
+    torch.manual_seed(0)
+    net = UNet().eval()
+    tta = FlipAveraged(net, activation)
+    x = torch.rand(2, 1, 32, 24)
+    with torch.no_grad():
+        out, mirrored, plain = tta(x), tta(x.flip(-1)), net(x)
+    # A mirrored slice gets the mirrored prediction, which the bare network does not guarantee.
+    assert torch.allclose(mirrored, out.flip(-1), atol=1e-5)
+    assert not torch.allclose(net(x.flip(-1)).detach(), plain.flip(-1), atol=1e-3)
+    probs = out.exp() if activation == "softmax" else out.sigmoid()
+    expected = (plain.softmax(1) + net(x.flip(-1)).flip(-1).softmax(1)) / 2 if activation == "softmax" else \
+        (plain.sigmoid() + net(x.flip(-1)).flip(-1).sigmoid()) / 2
+    assert torch.allclose(probs, expected.detach(), atol=1e-5)

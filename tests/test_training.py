@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from mriseg.models import load_checkpoint
-from mriseg.training import augment, compute_loss, train
+from mriseg.models import FlipAveraged, UNet, load_checkpoint
+from mriseg.training import augment, compute_loss, evaluate, train
 from conftest import synthetic_pair
 
 CFG = {"epochs": 4, "batch_size": 8, "lr": 3e-3, "pretrained": False, "stem_init": "random", "loss": "bce",
@@ -124,9 +124,20 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
 
 
 def test_tutorial_recipe_is_one_setting_away(tmp_path):
-    ckpt = run_train(tmp_path, "tut", epochs=1, recipe="tutorial", loss="dice_ce", augment=True, schedule="cosine")
+    ckpt = run_train(tmp_path, "tut", epochs=1, recipe="tutorial", loss="dice_ce", augment=True, schedule="cosine",
+                     flip_tta=True)
     assert ckpt["loss"] == "bce" and ckpt["activation"] == "sigmoid"
     assert ckpt["train"]["augment"] is False and ckpt["train"]["schedule"] == "constant"
+    assert ckpt["flip_tta"] is False and type(load_checkpoint(tmp_path / "tut.pt")[0]) is UNet
+
+
+def test_flip_tta_checkpoint_predicts_as_its_epochs_were_scored(tmp_path):
+    ckpt = run_train(tmp_path, "tta", epochs=2, loss="dice_ce", augment=True, flip_tta=True)
+    model, meta = load_checkpoint(tmp_path / "tta.pt")
+    assert meta["flip_tta"] is True and isinstance(model, FlipAveraged)
+    r = evaluate(model, *TEST, 32, torch.device("cpu"), True, meta["loss"], meta["activation"], channels_last=True)
+    assert r["iou"] == pytest.approx(ckpt["history"][-1]["test_iou"], abs=1e-6)
+    assert r["loss"] == pytest.approx(ckpt["history"][-1]["test_loss"], abs=1e-5)
 
 
 def test_compile_matches_eager(tmp_path):

@@ -1,4 +1,5 @@
 """The two networks of the reference recipe: a plain UNet and a UNet with a ResNet18 encoder."""
+import math
 import urllib.error
 
 import torch
@@ -128,6 +129,25 @@ def build_model(name, pretrained=False, stem_init="random", in_channels=1):
     raise ValueError(f"params.yaml: model must be one of {MODELS}, got {name!r}")
 
 
+class FlipAveraged(nn.Module):
+    """Test-time augmentation: the mean class probabilities of a slice and of its left-right mirror.
+
+    Returns them as logits of the same kind as the network's (log-probabilities for softmax, log-odds for
+    sigmoid), so argmax, the tutorial IoU and the losses apply unchanged. Mirrors the last image axis, the
+    one `train.augment` flips.
+    """
+
+    def __init__(self, net, activation):
+        super().__init__()
+        self.net, self.activation = net, activation
+
+    def forward(self, x):
+        a, b = self.net(x).float(), self.net(x.flip(-1)).float().flip(-1)
+        if self.activation == "sigmoid":
+            return torch.logit((a.sigmoid() + b.sigmoid()) / 2, eps=1e-6)
+        return torch.logaddexp(a.log_softmax(dim=1), b.log_softmax(dim=1)) - math.log(2)
+
+
 def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 
@@ -158,4 +178,6 @@ def load_checkpoint(path, device="cpu"):
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the {ckpt['model']} network ({first_line(e)})") from None
+    if ckpt.get("flip_tta"):
+        model = FlipAveraged(model, ckpt["activation"])
     return model.to(device).eval(), ckpt

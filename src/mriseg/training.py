@@ -13,11 +13,12 @@ from tqdm import tqdm
 from . import CLASS_NAMES
 from .io import atomic_path
 from .metrics import NUM_CLASSES, confusion_matrix, scores, tutorial_iou
-from .models import build_model
+from .models import FlipAveraged, build_model
 
 
 # `train.recipe: tutorial` puts back every training choice of the reference tutorial in one setting.
-TUTORIAL_RECIPE = {"loss": "bce", "augment": False, "schedule": "constant", "stem_init": "random", "context": 0}
+TUTORIAL_RECIPE = {"loss": "bce", "augment": False, "schedule": "constant", "stem_init": "random", "context": 0,
+                   "flip_tta": False}
 
 
 def resolve_recipe(cfg):
@@ -155,6 +156,8 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
                         in_channels=x_train.shape[1])
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     step_model = torch.compile(model) if cfg.get("compile") else model
+    # Epochs are scored (and the best one chosen) as the checkpoint will predict: with flip_tta if set.
+    score_model = FlipAveraged(step_model, activation) if cfg.get("flip_tta") else step_model
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     epochs = cfg["epochs"]
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if cfg.get("schedule") == "cosine"
@@ -219,7 +222,7 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
         row.update({"train_seconds": seconds, "train_images_per_s": n / seconds})
         for split, (x, y) in eval_sets.items():
             if len(x):
-                r = evaluate(step_model, x, y, eval_batch_size, device, amp, loss_name, activation,
+                r = evaluate(score_model, x, y, eval_batch_size, device, amp, loss_name, activation,
                              channels_last)
                 row.update({f"{split}_loss": r["loss"], f"{split}_iou": r["iou"],
                             **{f"{split}_{k}": v for k, v in scores(r["confusion"]).items()}})
@@ -240,6 +243,7 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
     state_dict = best["state_dict"] if best["state_dict"] is not None else model.state_dict()
     ckpt = {"format": 1, "model": model_name, "state_dict": {k: v.cpu() for k, v in state_dict.items()},
             "classes": list(CLASS_NAMES), "activation": activation, "loss": loss_name, "context": context,
+            "flip_tta": bool(cfg.get("flip_tta")),
             "best_epoch": best["epoch"] or epochs, "history": history, "train": cfg, **(extra or {})}
     with atomic_path(out_path) as tmp:
         torch.save(ckpt, tmp)

@@ -30,7 +30,7 @@ def test_sample_archive_is_deterministic_and_in_the_tutorial_layout(tmp_path):
 
 
 def test_default_pipeline_on_the_sample_reaches_the_tutorial_iou(tmp_path):
-    """The README's `dvc repro`, defaults untouched: the tutorial's UNet recipe on the MNI152 sample."""
+    """The README's `dvc repro`, defaults untouched: mriseg's UNet recipe on the MNI152 sample."""
     proj = make_project(tmp_path / "proj")
     run(["dvc", "repro"], proj, timeout=1200)
     metrics = json.loads((proj / "reports" / "metrics.json").read_text())

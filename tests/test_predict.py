@@ -185,3 +185,57 @@ def test_context_model_segments_volumes_and_lone_slices(tmp_path):
         dice = 2 * ((mask == c) & (truth == c)).sum() / ((mask == c).sum() + (truth == c).sum())
         assert dice > 0.75, (c, dice)
     assert np.load(tmp_path / "out" / "slice_mask.npy").shape == (48, 40)
+
+
+def dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def test_labels_score_volumes_against_their_manual_segmentations(checkpoint, tmp_path):
+    """`--labels`: each volume's manual labels (found by make-archive's pairing rules) give manual volumes
+    and Dice in volumes.csv; a volume without labels is still segmented; mismatched labels fail alone."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    truth, affine = synthetic_volume(scans / "sub01.nii.gz")
+    ibsr = np.choose(truth, [3, 2, 0]).astype(np.int16)  # IBSR codes: 3 white, 2 gray, 0 background
+    nib.save(nib.Nifti1Image(ibsr[..., None], affine), scans / "sub01_seg.nii.gz")
+    synthetic_volume(scans / "sub02.nii.gz")
+    synthetic_volume(scans / "sub03.nii.gz")
+    nib.save(nib.Nifti1Image(ibsr[:, :-1], affine), scans / "sub03_seg.nii.gz")
+    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out", "--labels", "ibsr", scans)
+    assert r.returncode == 1, r.stderr  # sub03 failed
+    assert "sub03_seg.nii.gz: geometry (40, 47, 10) does not match its image" in r.stderr
+    assert "sub02.nii.gz: no manual labels beside it" in r.stderr
+    assert not (tmp_path / "out" / "sub01_seg_mask.nii.gz").exists()  # label files are not inputs
+    df = pd.read_csv(tmp_path / "out" / "volumes.csv").set_index("file")
+    assert list(df.index) == [str(scans / "sub01.nii.gz"), str(scans / "sub02.nii.gz")]
+    row = df.loc[str(scans / "sub01.nii.gz")]
+    mask = np.asarray(nib.load(tmp_path / "out" / "sub01_mask.nii.gz").dataobj)[..., 0]
+    for c, name in ((0, "white_matter"), (1, "gray_matter")):
+        assert row[f"manual_{name}_ml"] == pytest.approx((truth == c).sum() * 2.0 / 1000)
+        assert row[f"dice_{name}"] == pytest.approx(dice(mask == c, truth == c))
+        assert row[f"dice_{name}"] > 0.75
+    assert np.isnan(df.loc[str(scans / "sub02.nii.gz"), "dice_white_matter"])
+    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "o2", "--labels", "3:0,2:7", scans)
+    assert r.returncode == 2 and "targets must be 0 (white matter)" in r.stderr
+
+
+def test_freesurfer_subjects_are_named_after_the_subject_and_scored_with_aseg(checkpoint, tmp_path):
+    inputs = []
+    for subject in ("bert", "ernie"):
+        mri = tmp_path / subject / "mri"
+        mri.mkdir(parents=True)
+        truth, affine = synthetic_volume(tmp_path / "t.nii")
+        data = np.asarray(nib.load(tmp_path / "t.nii").dataobj)[..., 0]
+        nib.save(nib.MGHImage(data.astype(np.float32), affine), mri / "norm.mgz")
+        aseg = np.choose(truth, [41, 3, 0]).astype(np.int32)  # right cerebral white matter, left cortex
+        nib.save(nib.MGHImage(aseg, affine), mri / "aseg.mgz")
+        inputs.append(mri / "norm.mgz")
+    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out", "--labels", "freesurfer-aseg", *inputs)
+    assert r.returncode == 0, r.stderr
+    df = pd.read_csv(tmp_path / "out" / "volumes.csv")
+    for subject in ("bert", "ernie"):
+        mask = np.asarray(nib.load(tmp_path / "out" / f"{subject}_norm_mask.mgz").dataobj)
+        assert mask.shape == truth.shape
+    assert (df["dice_white_matter"] > 0.75).all() and (df["dice_gray_matter"] > 0.75).all()
+    assert df["manual_white_matter_ml"].tolist() == pytest.approx([(truth == 0).sum() * 2.0 / 1000] * 2)

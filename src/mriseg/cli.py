@@ -12,7 +12,7 @@ def predict_command(args):
     pixel = [float(v) for v in args.pixel_size.split(",")] if args.pixel_size else None
     try:
         failed = predict_files(args.model, args.out, args.inputs, device=args.device, batch_size=args.batch_size,
-                               pixel_size=pixel, slice_thickness=args.slice_thickness,
+                               pixel_size=pixel, slice_thickness=args.slice_thickness, labels=args.labels,
                                log=lambda m: tqdm.write(m, file=sys.stderr))
     except (CheckpointError, InputError) as e:
         print(f"predict: error: {e}", file=sys.stderr)
@@ -45,6 +45,9 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--pixel-size", help="mm per pixel of .npy slices: one value or ROW,COL (gives areas)")
     p.add_argument("--slice-thickness", type=float, default=1.0, help="mm, for the ml columns of .npy slices")
+    p.add_argument("--labels", help="score volumes against their manual labels (make-archive's pairing: "
+                   "<subject>_seg.nii.gz, FreeSurfer mri/aseg.mgz, FSL _pve_0/1/2) mapped with this preset or map; "
+                   "adds manual ml and Dice per tissue to volumes.csv")
     p.set_defaults(func=predict_command)
 
     m = sub.add_parser("make-archive", help="labelled NIfTI/MGZ volumes -> a zip in the tutorial's layout")

@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from .archive import write_archive
 from .io import atomic_path
-from .volumes import (NORMALIZATION, VOLUME_SUFFIXES, VolumeError, acquisition_axis, load_volume, normalize_volume,
-                      resample_inplane, to_slices)
+from .volumes import (NORMALIZATION, VolumeError, acquisition_axis, is_volume, load_volume, normalize_volume,
+                      resample_inplane, to_slices, volume_stem)
 
 # FreeSurfer aseg labels (FreeSurferColorLUT). Brainstem goes to white matter, as in IBSR's tracings.
 ASEG_WHITE = (2, 41, 7, 46, 16, 77, 78, 79, 85, 251, 252, 253, 254, 255)
@@ -49,6 +49,28 @@ def parse_labels(spec):
     return mapping
 
 
+def is_label_file(path):
+    """A label volume by the pairing rules: <subject>_seg.*, <subject>_pve_<k>.*, FreeSurfer aseg.mgz."""
+    stem = volume_stem(path)[0]
+    return re.search(r"_(seg|pve_\d)$", stem) is not None or (stem == "aseg" and Path(path).parent.name == "mri")
+
+
+def label_paths_of(image_path, labels):
+    """The label volume(s) that go with an image ([] when absent): FreeSurfer mri/norm.mgz -> mri/aseg.mgz,
+    FSL FAST <subject>.nii.gz -> <subject>_pve_0/1/2.nii.gz, otherwise <subject>_seg.nii.gz."""
+    path = Path(image_path)
+    if not is_volume(path):
+        return []
+    stem, suffix = volume_stem(path)
+    if path.name == "norm.mgz" and path.parent.name == "mri":
+        refs = [path.with_name("aseg.mgz")]
+    elif labels == "fsl-fast":
+        refs = [path.with_name(f"{stem}_pve_{k}{suffix}") for k in range(3)]
+    else:
+        refs = [path.with_name(f"{stem}_seg{suffix}")]
+    return refs if all(r.is_file() for r in refs) else []
+
+
 def find_subjects(src, labels):
     """[(subject, image path, [label paths])] found under src."""
     src = Path(src)
@@ -59,20 +81,11 @@ def find_subjects(src, labels):
     for d in [src, *sorted(p for p in src.iterdir() if p.is_dir())]:
         if (d / "mri" / "norm.mgz").exists():
             out.append((d.name, d / "mri" / "norm.mgz", [d / "mri" / "aseg.mgz"]))
-    files = {p.name: p for p in src.iterdir() if p.is_file()} if src.is_dir() else {}
-    for name, path in sorted(files.items()):
-        suffix = next((s for s in VOLUME_SUFFIXES if name.endswith(s)), None)
-        if suffix is None:
-            continue
-        stem = name[: -len(suffix)]
-        if re.search(r"_(seg|pve_\d)$", stem):
-            continue
-        if labels == "fsl-fast":
-            pves = [files.get(f"{stem}_pve_{k}{suffix}") for k in range(3)]
-            if all(pves):
-                out.append((stem, path, pves))
-        elif f"{stem}_seg{suffix}" in files:
-            out.append((stem, path, [files[f"{stem}_seg{suffix}"]]))
+    files = sorted(p for p in src.iterdir() if p.is_file()) if src.is_dir() else []
+    for path in files:
+        refs = label_paths_of(path, labels)
+        if refs and not is_label_file(path):
+            out.append((volume_stem(path)[0], path, refs))
     if not out:
         raise SourceError(f"{src}: no labelled volumes found (<subject>.nii.gz + <subject>_seg.nii.gz, "
                           "FreeSurfer mri/norm.mgz + mri/aseg.mgz, or FSL FAST _pve_0/1/2)")
@@ -92,16 +105,21 @@ def map_labels(volumes, labels):
     return out
 
 
-def subject_slices(image_path, label_paths, labels, axis, pixel_size, min_tissue):
-    import nibabel as nib
-
-    img, img3 = load_volume(image_path)
+def load_labels(label_paths, labels, image_path, img3):
+    """The label volume(s) of an image mapped to the three classes, on the image's own grid."""
     label_imgs = [load_volume(p)[1] for p in label_paths]
     for p, lab in zip(label_paths, label_imgs):
         if lab.shape != img3.shape or not np.allclose(lab.affine, img3.affine, atol=1e-3):
             raise SourceError(f"{p}: geometry {lab.shape} does not match its image {image_path} {img3.shape} "
                               "(shape and affine must be equal)")
-    mapped = nib.Nifti1Image(map_labels([np.asanyarray(x.dataobj) for x in label_imgs], labels), img3.affine)
+    return map_labels([np.asanyarray(x.dataobj) for x in label_imgs], labels)
+
+
+def subject_slices(image_path, label_paths, labels, axis, pixel_size, min_tissue):
+    import nibabel as nib
+
+    img, img3 = load_volume(image_path)
+    mapped = nib.Nifti1Image(load_labels(label_paths, labels, image_path, img3), img3.affine)
     image = resample_inplane(img3, axis, pixel_size, order=1)
     mask = resample_inplane(mapped, axis, pixel_size, order=0, cval=2)  # outside the field of view: background
     images = to_slices(normalize_volume(np.asanyarray(image.dataobj)), axis)

@@ -28,16 +28,21 @@ class InputError(ValueError):
 
 VOLUME_COLUMNS = ["file", "white_matter_voxels", "gray_matter_voxels", "white_matter_ml", "gray_matter_ml",
                   "gray_white_ratio", "white_matter_mm2", "gray_matter_mm2"]
+# With --labels: the manual segmentation beside each volume, on the input's own grid.
+REFERENCE_COLUMNS = ["manual_white_matter_ml", "manual_gray_matter_ml", "dice_white_matter", "dice_gray_matter"]
 
 
-def expand_inputs(inputs):
-    """Files as given; folders become their .npy/.nii/.nii.gz/.mgz files, sorted."""
+def expand_inputs(inputs, skip_labels=False):
+    """Files as given; folders become their .npy/.nii/.nii.gz/.mgz files, sorted (without the label
+    volumes of make-archive's pairing rules when skip_labels)."""
+    from .make_archive import is_label_file
     from .volumes import is_volume
 
     files = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.is_file() and (p.suffix == ".npy" or is_volume(p)))
+            found = sorted(p for p in item.iterdir() if p.is_file() and (p.suffix == ".npy" or is_volume(p))
+                           and not (skip_labels and is_label_file(p)))
             if not found:
                 raise InputError(f"{item}: folder holds no .npy, .nii, .nii.gz or .mgz files")
             files += found
@@ -60,6 +65,32 @@ def load_slice(path):
 
 def tissue_counts(labels):
     return int((labels == 0).sum()), int((labels == 1).sum())
+
+
+def output_stem(path):
+    """Outputs are named after the input; FreeSurfer's <subject>/mri/norm.mgz after its subject too."""
+    from .volumes import volume_stem
+
+    path = Path(path)
+    stem = volume_stem(path)[0]
+    return f"{path.parent.parent.name}_{stem}" if path.parent.name == "mri" and path.suffix == ".mgz" else stem
+
+
+def compare_with_reference(pred, image_path, img3, labels):
+    """Manual volumes (ml) and Dice of the prediction against the label volume(s) beside the image."""
+    from .make_archive import label_paths_of, load_labels
+
+    refs = label_paths_of(image_path, labels)
+    if not refs:
+        return None
+    truth = load_labels(refs, labels, image_path, img3).reshape(pred.shape)
+    voxel_ml = float(np.prod(img3.header.get_zooms()[:3])) / 1000.0
+    row = {}
+    for c, name in ((0, "white_matter"), (1, "gray_matter")):
+        p, t = pred == c, truth == c
+        row[f"manual_{name}_ml"] = int(t.sum()) * voxel_ml
+        row[f"dice_{name}"] = 2 * int((p & t).sum()) / max(int(p.sum()) + int(t.sum()), 1)
+    return row
 
 
 def brain_slices(labels, n=5):
@@ -99,7 +130,8 @@ class Predictor:
                               self.batch_size)
 
     def predict_volume(self, path):
-        """(labels on the input's own grid and shape, input image, displayed slices, displayed labels)."""
+        """(labels on the input's own grid and shape, input image, its 3-D image, displayed slices, displayed
+        labels)."""
         import nibabel as nib
 
         from .volumes import back_to_grid, from_slices, load_volume, normalize_volume, resample_inplane, to_slices
@@ -110,7 +142,7 @@ class Predictor:
         slices = to_slices(normalize_volume(np.asanyarray(work.dataobj), self.ckpt["normalization"]), axis)
         labels = self.labels(slices)
         on_grid = back_to_grid(nib.Nifti1Image(from_slices(labels, axis), work.affine), img3, background=2)
-        return on_grid.reshape(img.shape), img, slices, labels
+        return on_grid.reshape(img.shape), img, img3, slices, labels
 
 
 def save_volume(img, path, ext):
@@ -126,25 +158,33 @@ def save_volume(img, path, ext):
 
 
 def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pixel_size=None, slice_thickness=1.0,
-                  log=print):
-    """Segment every input; returns the number that failed. Raises InputError/CheckpointError up front."""
+                  labels=None, log=print):
+    """Segment every input; returns the number that failed. Raises InputError/CheckpointError up front.
+
+    labels (a make-archive preset or mapping): score each volume against the manual labels beside it.
+    """
     import nibabel as nib
     import pandas as pd
     from tqdm import tqdm
 
     from .io import atomic_path
+    from .make_archive import SourceError, parse_labels
     from .reporting import plot_overlay
     from .volumes import VolumeError, is_volume, volume_stem
 
+    try:
+        labels = parse_labels(labels) if labels else None
+    except SourceError as e:
+        raise InputError(str(e)) from None
     predictor = Predictor(checkpoint, device, batch_size)
-    files = expand_inputs(inputs)
+    files = expand_inputs(inputs, skip_labels=labels is not None)
     if not files:
         raise InputError("no inputs given (slices .npy, folders of them, or .nii/.nii.gz/.mgz volumes)")
     stems = {}
     for path in files:  # outputs are named after the input's stem: two inputs must not share one
-        other = stems.setdefault(volume_stem(path)[0], path)
+        other = stems.setdefault(output_stem(path), path)
         if other != path:
-            raise InputError(f"{path} and {other} would write the same {volume_stem(path)[0]}_mask file; "
+            raise InputError(f"{path} and {other} would write the same {output_stem(path)}_mask file; "
                              "rename one or run them separately")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,35 +193,40 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
             "a lone .npy slice stands in for its own neighbours (segment whole volumes for the full benefit)")
     rows, failed = [], 0
     for path in tqdm(files, desc="predict", unit="file"):
-        stem, ext = volume_stem(path)
+        stem, ext = output_stem(path), volume_stem(path)[1]
         try:
             if is_volume(path):
-                labels, img, shown, shown_labels = predictor.predict_volume(path)
-                mask = img.__class__(labels, img.affine, header=img.header)
+                pred, img, img3, shown, shown_labels = predictor.predict_volume(path)
+                mask = img.__class__(pred, img.affine, header=img.header)
                 mask.set_data_dtype(np.uint8)
                 save_volume(mask, out_dir / f"{stem}_mask{ext}", ext)
                 voxel_ml = float(np.prod(img.header.get_zooms()[:3])) / 1000.0
-                wm, gm = tissue_counts(labels)
+                wm, gm = tissue_counts(pred)
                 row = {"white_matter_ml": wm * voxel_ml, "gray_matter_ml": gm * voxel_ml}
+                if labels is not None:
+                    reference = compare_with_reference(pred, path, img3, labels)
+                    if reference is None:
+                        log(f"predict: note: {path}: no manual labels beside it to score against")
+                    row.update(reference or {})
                 pick = brain_slices(shown_labels)
                 plot_overlay(shown[pick], shown_labels[pick], out_dir / f"{stem}_overlay.png", title=path.name)
             elif path.suffix == ".npy":
                 image = load_slice(path)
-                labels = predictor.labels(image[None])[0]
+                pred = predictor.labels(image[None])[0]
                 with atomic_path(out_dir / f"{stem}_mask.npy") as tmp:
                     with open(tmp, "wb") as f:
-                        np.save(f, labels, allow_pickle=False)
-                wm, gm = tissue_counts(labels)
+                        np.save(f, pred, allow_pickle=False)
+                wm, gm = tissue_counts(pred)
                 row = {}
                 if pixel_size:
                     area = pixel_size[0] * pixel_size[-1]
                     row = {"white_matter_mm2": wm * area, "gray_matter_mm2": gm * area,
                            "white_matter_ml": wm * area * slice_thickness / 1000,
                            "gray_matter_ml": gm * area * slice_thickness / 1000}
-                plot_overlay(image, labels, out_dir / f"{stem}_overlay.png", title=path.name)
+                plot_overlay(image, pred, out_dir / f"{stem}_overlay.png", title=path.name)
             else:
                 raise InputError(f"{path}: unsupported input (use .npy slices or .nii/.nii.gz/.mgz volumes)")
-        except (InputError, VolumeError) as e:
+        except (InputError, VolumeError, SourceError) as e:
             failed += 1
             log(f"predict: error: {e}")
             continue
@@ -192,6 +237,7 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
         rows.append({"file": str(path), "white_matter_voxels": wm, "gray_matter_voxels": gm,
                      "gray_white_ratio": gm / wm if wm else float("nan"), **row})
     with atomic_path(out_dir / "volumes.csv") as tmp:
-        pd.DataFrame(rows, columns=VOLUME_COLUMNS).to_csv(tmp, index=False)
+        columns = VOLUME_COLUMNS + (REFERENCE_COLUMNS if labels is not None else [])
+        pd.DataFrame(rows, columns=columns).to_csv(tmp, index=False)
     log(f"segmented {len(rows)} of {len(files)} inputs -> {out_dir} (volumes.csv)")
     return failed

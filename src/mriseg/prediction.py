@@ -76,7 +76,7 @@ def output_stem(path):
     return f"{path.parent.parent.name}_{stem}" if path.parent.name == "mri" and path.suffix == ".mgz" else stem
 
 
-def compare_with_reference(pred, image_path, img3, labels):
+def compare_with_reference(pred, image_path, img3, labels, voxel_ml):
     """Manual volumes (ml) and Dice of the prediction against the label volume(s) beside the image."""
     from .make_archive import label_paths_of, load_labels
 
@@ -84,7 +84,6 @@ def compare_with_reference(pred, image_path, img3, labels):
     if not refs:
         return None
     truth = load_labels(refs, labels, image_path, img3).reshape(pred.shape)
-    voxel_ml = float(np.prod(img3.header.get_zooms()[:3])) / 1000.0
     row = {}
     for c, name in ((0, "white_matter"), (1, "gray_matter")):
         p, t = pred == c, truth == c
@@ -204,7 +203,7 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
                 wm, gm = tissue_counts(pred)
                 row = {"white_matter_ml": wm * voxel_ml, "gray_matter_ml": gm * voxel_ml}
                 if labels is not None:
-                    reference = compare_with_reference(pred, path, img3, labels)
+                    reference = compare_with_reference(pred, path, img3, labels, voxel_ml)
                     if reference is None:
                         log(f"predict: note: {path}: no manual labels beside it to score against")
                     row.update(reference or {})

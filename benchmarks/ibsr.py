@@ -28,9 +28,9 @@ import yaml
 from mriseg.archive import extract_archive
 from mriseg.data import archive_metadata, list_pairs, load_split
 from mriseg.make_archive import make_archive
-from mriseg.metrics import scores
+from mriseg.evaluation import score
 from mriseg.models import load_checkpoint
-from mriseg.training import evaluate, pick_device, resolve_recipe, train
+from mriseg.training import pick_device, resolve_recipe, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,9 +85,8 @@ def run_one(rows, test_subjects, model, variant, cfg, args, meta):
         seconds = time.perf_counter() - t0
         net, _ = load_checkpoint(Path(tmp) / "m.pt", pick_device(args.device))
     xt, yt, _ = load_split(df, "test", context)
-    r = evaluate(net, xt, yt, 32, pick_device(args.device), cfg["amp"], ckpt["loss"], ckpt["activation"])
-    s = scores(r["confusion"])
-    return {"iou": r["iou"], "dice_wm": s["dice_white_matter"], "dice_gm": s["dice_gray_matter"],
+    s = score(net, ckpt, xt, yt, 32, pick_device(args.device))  # as the evaluate stage scores the test split
+    return {"iou": s["iou"], "dice_wm": s["dice_white_matter"], "dice_gm": s["dice_gray_matter"],
             "train_slices": len(x), "best_epoch": ckpt["best_epoch"], "minutes": seconds / 60}
 
 

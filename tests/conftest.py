@@ -87,3 +87,24 @@ def set_params(project, overrides):
 def _quiet_env(monkeypatch):
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+
+
+NORM = {"method": "percentile", "low": 0.5, "high": 99.5}
+
+
+def mriseg(*args):
+    """The mriseg command line, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "mriseg", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A UNet trained for a few epochs on tiny synthetic axial slices (1 mm), single-slice input."""
+    import test_training
+
+    tmp = tmp_path_factory.mktemp("ckpt")
+    ckpt = test_training.train({**test_training.CFG, "epochs": 8}, "unet", test_training.TRAIN,
+                               {"test": test_training.TEST}, tmp / "model.pt", tmp / "resume.pt",
+                               extra={"axis": "axial", "normalization": NORM, "pixel_size_mm": [1.0, 1.0]})
+    assert ckpt["history"][-1]["test_dice_white_matter"] > 0.8
+    return tmp / "model.pt"

@@ -8,23 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import SHARED_IBSR, synthetic_pair
+from conftest import NORM, SHARED_IBSR, mriseg, synthetic_pair
 from test_training import run_train
-
-NORM = {"method": "percentile", "low": 0.5, "high": 99.5}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ckpt")
-    import test_training
-
-    ckpt = test_training.train({**test_training.CFG, "epochs": 8}, "unet", test_training.TRAIN,
-                               {"test": test_training.TEST}, tmp / "model.pt", tmp / "resume.pt",
-                               extra={"axis": "axial", "normalization": NORM, "pixel_size_mm": [1.0, 1.0]})
-    assert ckpt["history"][-1]["test_dice_white_matter"] > 0.8
-    return tmp / "model.pt"
-
 
 def synthetic_volume(path, zooms=(1.0, 1.0, 2.0), frames=1, flip_x=True):
     """An ellipsoid 'brain' (white matter core, gray matter shell) at 1 mm in-plane, LAS when flip_x."""
@@ -40,10 +25,6 @@ def synthetic_volume(path, zooms=(1.0, 1.0, 2.0), frames=1, flip_x=True):
     data = np.repeat(image[..., None], frames, axis=3)
     nib.save(nib.Nifti1Image(data, affine), path)
     return labels, affine
-
-
-def mriseg(*args, check=False):
-    return subprocess.run([sys.executable, "-m", "mriseg", *map(str, args)], capture_output=True, text=True)
 
 
 def test_volume_mask_keeps_the_input_grid_and_volumes_add_up(checkpoint, tmp_path):

@@ -1,4 +1,5 @@
-"""The `mriseg` command line: segment new scans, and turn labelled volumes into a training archive."""
+"""The `mriseg` command line: segment new scans, score a model on an archive, and turn labelled volumes
+into a training archive."""
 import argparse
 import sys
 
@@ -33,6 +34,24 @@ def make_archive_command(args):
     return 0
 
 
+def evaluate_command(args):
+    from .archive import ArchiveError
+    from .evaluation import evaluate_archive, format_table
+    from .io import write_json
+    from .models import CheckpointError
+
+    log = lambda m: print(m, file=sys.stderr)
+    try:
+        result = evaluate_archive(args.model, args.archive, device=args.device, batch_size=args.batch_size, log=log)
+    except (CheckpointError, ArchiveError) as e:
+        print(f"evaluate: error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.out:
+        write_json(args.out, result)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="mriseg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +68,16 @@ def main(argv=None):
                    "<subject>_seg.nii.gz, FreeSurfer mri/aseg.mgz, FSL _pve_0/1/2) mapped with this preset or map; "
                    "adds manual ml and Dice per tissue to volumes.csv")
     p.set_defaults(func=predict_command)
+
+    e = sub.add_parser("evaluate", help="score a model on every slice of an archive (e.g. subjects it never saw): "
+                       "the evaluate stage's IoU and Dice, overall and per subject")
+    e.add_argument("archive", help="a zip in the tutorial's layout, such as one made by make-archive")
+    e.add_argument("--model", default="models/model.pt", help="checkpoint written by the train stage")
+    e.add_argument("--out", help="also write the scores to this JSON file")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--batch-size", type=int, default=32,
+                   help="slices per batch; the tutorial's IoU is a mean over batches (the evaluate stage uses 32)")
+    e.set_defaults(func=evaluate_command)
 
     m = sub.add_parser("make-archive", help="labelled NIfTI/MGZ volumes -> a zip in the tutorial's layout")
     m.add_argument("src", help="folder of <subject>.nii.gz + <subject>_seg.nii.gz, or FreeSurfer subject folders")

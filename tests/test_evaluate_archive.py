@@ -84,3 +84,33 @@ def test_bad_archive_or_checkpoint_is_one_line_naming_the_file(checkpoint, tmp_p
     subject_archive(tmp_path / "ok.zip", n=2)
     r = mriseg("evaluate", tmp_path / "ok.zip", "--model", tmp_path / "missing.pt")
     assert r.returncode == 2 and "missing.pt: no such checkpoint" in r.stderr and r.stderr.count("\n") == 1
+
+
+def archive_axis(path):
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        return json.loads(zf.read("MRIs/mriseg.json"))
+
+
+def test_make_archive_like_a_model_slices_as_it_was_trained(checkpoint, tmp_path):
+    from test_make_archive import ibsr_folder
+
+    src = ibsr_folder(tmp_path)  # 1 x 1.5 x 1 mm voxels: auto slices them coronally; the model is axial
+    assert mriseg("make-archive", src, "--out", tmp_path / "auto.zip", "--min-tissue", "10").returncode == 0
+    assert archive_axis(tmp_path / "auto.zip")["axis"] == "coronal"
+    r = mriseg("make-archive", src, "--out", tmp_path / "like.zip", "--min-tissue", "10", "--like", checkpoint)
+    assert r.returncode == 0, r.stderr
+    meta = archive_axis(tmp_path / "like.zip")
+    assert meta["axis"] == "axial" and meta["pixel_size_mm"] == [1.0, 1.0]
+
+    r = mriseg("evaluate", tmp_path / "auto.zip", "--model", checkpoint)
+    assert r.returncode == 0 and "axis coronal (model: axial)" in r.stderr and "--like" in r.stderr
+    r = mriseg("evaluate", tmp_path / "like.zip", "--model", checkpoint)
+    assert r.returncode == 0 and "note" not in r.stderr, r.stderr
+
+    r = mriseg("make-archive", src, "--out", tmp_path / "x.zip", "--like", checkpoint, "--axis", "axial")
+    assert r.returncode == 2 and "drop --axis" in r.stderr and r.stderr.count("\n") == 1
+    r = mriseg("make-archive", src, "--out", tmp_path / "x.zip", "--like", tmp_path / "none.pt")
+    assert r.returncode == 2 and "none.pt: no such checkpoint" in r.stderr
+    assert not (tmp_path / "x.zip").exists()

@@ -202,21 +202,25 @@ def test_labels_score_volumes_against_their_manual_segmentations(checkpoint, tmp
 
 
 def test_freesurfer_subjects_are_named_after_the_subject_and_scored_with_aseg(checkpoint, tmp_path):
-    inputs = []
     for subject in ("bert", "ernie"):
-        mri = tmp_path / subject / "mri"
+        mri = tmp_path / "subjects" / subject / "mri"
         mri.mkdir(parents=True)
         truth, affine = synthetic_volume(tmp_path / "t.nii")
         data = np.asarray(nib.load(tmp_path / "t.nii").dataobj)[..., 0]
         nib.save(nib.MGHImage(data.astype(np.float32), affine), mri / "norm.mgz")
         aseg = np.choose(truth, [41, 3, 0]).astype(np.int32)  # right cerebral white matter, left cortex
         nib.save(nib.MGHImage(aseg, affine), mri / "aseg.mgz")
-        inputs.append(mri / "norm.mgz")
-    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out", "--labels", "freesurfer-aseg", *inputs)
+    # A folder of FreeSurfer subjects is read as make-archive reads it: each subject's mri/norm.mgz.
+    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out", "--labels", "freesurfer-aseg",
+               tmp_path / "subjects")
     assert r.returncode == 0, r.stderr
     df = pd.read_csv(tmp_path / "out" / "volumes.csv")
+    assert df["file"].tolist() == [str(tmp_path / "subjects" / s / "mri" / "norm.mgz") for s in ("bert", "ernie")]
     for subject in ("bert", "ernie"):
         mask = np.asarray(nib.load(tmp_path / "out" / f"{subject}_norm_mask.mgz").dataobj)
         assert mask.shape == truth.shape
     assert (df["dice_white_matter"] > 0.75).all() and (df["dice_gray_matter"] > 0.75).all()
     assert df["manual_white_matter_ml"].tolist() == pytest.approx([(truth == 0).sum() * 2.0 / 1000] * 2)
+    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "one", tmp_path / "subjects" / "ernie")
+    assert r.returncode == 0 and pd.read_csv(tmp_path / "one" / "volumes.csv")["file"].str.endswith(
+        "ernie/mri/norm.mgz").tolist() == [True]

@@ -23,11 +23,18 @@ def predict_command(args):
 
 def make_archive_command(args):
     from .make_archive import SourceError, VolumeError, make_archive
+    from .models import CheckpointError, load_checkpoint
 
+    axis, pixel_size = args.axis or "auto", 1.0 if args.pixel_size is None else args.pixel_size
     try:
-        n_subjects, n_slices = make_archive(args.src, args.out, labels=args.labels, axis=args.axis,
-                                            pixel_size=args.pixel_size, min_tissue=args.min_tissue)
-    except (SourceError, VolumeError) as e:
+        if args.like:
+            if args.axis or args.pixel_size is not None:
+                raise SourceError("--like takes the plane and pixel size from the model: drop --axis/--pixel-size")
+            ckpt = load_checkpoint(args.like)[1]
+            axis, pixel_size = ckpt["axis"], (ckpt.get("pixel_size_mm") or [0])[0]
+        n_subjects, n_slices = make_archive(args.src, args.out, labels=args.labels, axis=axis,
+                                            pixel_size=pixel_size, min_tissue=args.min_tissue)
+    except (SourceError, VolumeError, CheckpointError) as e:
         print(f"make-archive: error: {e}", file=sys.stderr)
         return 2
     print(f"{n_subjects} subjects, {n_slices} slices -> {args.out} (use it with data.archive: {args.out})")
@@ -84,9 +91,12 @@ def main(argv=None):
     m.add_argument("--out", required=True, help="the zip to write")
     m.add_argument("--labels", default="ibsr",
                    help="ibsr | freesurfer-aseg | fsl-fast | an explicit map like '3:0,2:1' (0 WM, 1 GM, rest background)")
-    m.add_argument("--axis", default="auto", choices=["auto", "axial", "coronal", "sagittal"],
-                   help="slicing plane; auto: across the thickest voxels (the acquisition plane), axial if isotropic")
-    m.add_argument("--pixel-size", type=float, default=1.0, help="in-plane mm after resampling (0: keep voxels)")
+    m.add_argument("--axis", choices=["auto", "axial", "coronal", "sagittal"],
+                   help="slicing plane; auto (default): across the thickest voxels (the acquisition plane), "
+                   "axial if isotropic")
+    m.add_argument("--pixel-size", type=float, help="in-plane mm after resampling (default 1; 0: keep voxels)")
+    m.add_argument("--like", metavar="MODEL", help="slice as this checkpoint was trained (its plane and pixel size), "
+                   "e.g. to score it on these subjects with `mriseg evaluate`")
     m.add_argument("--min-tissue", type=int, default=100, help="keep slices with at least this many tissue pixels")
     m.set_defaults(func=make_archive_command)
 

@@ -62,7 +62,8 @@ def evaluate_archive(checkpoint, archive, device="auto", batch_size=32, log=prin
     model, ckpt = load_checkpoint(checkpoint, device)
     x, y, rows, meta = load_archive(archive, int(ckpt.get("context", 0)), log)
     for what in mismatches(meta, ckpt):
-        log(f"evaluate: note: {archive}: slices differ from the model's training slices: {what}")
+        log(f"evaluate: note: {archive}: slices differ from the model's training slices: {what} "
+            f"(rebuild it with `mriseg make-archive --like {checkpoint}`)")
     result = {"archive": str(archive), "model": str(checkpoint),
               "overall": {**score(model, ckpt, x, y, batch_size, device), "slices": len(x)}, "subjects": {}}
     subjects = rows["subject"].to_numpy()

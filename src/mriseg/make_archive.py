@@ -71,16 +71,19 @@ def label_paths_of(image_path, labels):
     return refs if all(r.is_file() for r in refs) else []
 
 
+def freesurfer_images(folder):
+    """The mri/norm.mgz of FreeSurfer subject folders: folder itself, or its sub-folders."""
+    folder = Path(folder)
+    return [d / "mri" / "norm.mgz" for d in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]
+            if (d / "mri" / "norm.mgz").is_file()]
+
+
 def find_subjects(src, labels):
     """[(subject, image path, [label paths])] found under src."""
     src = Path(src)
     if not src.exists():
         raise SourceError(f"{src}: no such folder")
-    out = []
-    # FreeSurfer: src itself or its children hold mri/norm.mgz and mri/aseg.mgz.
-    for d in [src, *sorted(p for p in src.iterdir() if p.is_dir())]:
-        if (d / "mri" / "norm.mgz").exists():
-            out.append((d.name, d / "mri" / "norm.mgz", [d / "mri" / "aseg.mgz"]))
+    out = [(norm.parent.parent.name, norm, [norm.with_name("aseg.mgz")]) for norm in freesurfer_images(src)]
     files = sorted(p for p in src.iterdir() if p.is_file()) if src.is_dir() else []
     for path in files:
         refs = label_paths_of(path, labels)

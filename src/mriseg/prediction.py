@@ -34,17 +34,20 @@ REFERENCE_COLUMNS = ["manual_white_matter_ml", "manual_gray_matter_ml", "dice_wh
 
 def expand_inputs(inputs, skip_labels=False):
     """Files as given; folders become their .npy/.nii/.nii.gz/.mgz files, sorted (without the label
-    volumes of make-archive's pairing rules when skip_labels)."""
-    from .make_archive import is_label_file
+    volumes of make-archive's pairing rules when skip_labels), and the mri/norm.mgz of FreeSurfer subject
+    folders (the folder itself, or its sub-folders) as make-archive finds them."""
+    from .make_archive import freesurfer_images, is_label_file
     from .volumes import is_volume
 
     files = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.is_file() and (p.suffix == ".npy" or is_volume(p))
-                           and not (skip_labels and is_label_file(p)))
+            found = freesurfer_images(item) + sorted(
+                p for p in item.iterdir() if p.is_file() and (p.suffix == ".npy" or is_volume(p))
+                and not (skip_labels and is_label_file(p)))
             if not found:
-                raise InputError(f"{item}: folder holds no .npy, .nii, .nii.gz or .mgz files")
+                raise InputError(f"{item}: folder holds no .npy, .nii, .nii.gz or .mgz files "
+                                 "nor FreeSurfer subjects (<subject>/mri/norm.mgz)")
             files += found
         else:
             files.append(item)
@@ -67,13 +70,23 @@ def tissue_counts(labels):
     return int((labels == 0).sum()), int((labels == 1).sum())
 
 
+def is_freesurfer(path):
+    path = Path(path)
+    return path.parent.name == "mri" and path.suffix == ".mgz"
+
+
 def output_stem(path):
     """Outputs are named after the input; FreeSurfer's <subject>/mri/norm.mgz after its subject too."""
     from .volumes import volume_stem
 
     path = Path(path)
     stem = volume_stem(path)[0]
-    return f"{path.parent.parent.name}_{stem}" if path.parent.name == "mri" and path.suffix == ".mgz" else stem
+    return f"{path.parent.parent.name}_{stem}" if is_freesurfer(path) else stem
+
+
+def display_name(path):
+    path = Path(path)
+    return f"{path.parent.parent.name}/mri/{path.name}" if is_freesurfer(path) else path.name
 
 
 def compare_with_reference(pred, image_path, img3, labels, voxel_ml):
@@ -208,7 +221,7 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
                         log(f"predict: note: {path}: no manual labels beside it to score against")
                     row.update(reference or {})
                 pick = brain_slices(shown_labels)
-                plot_overlay(shown[pick], shown_labels[pick], out_dir / f"{stem}_overlay.png", title=path.name)
+                plot_overlay(shown[pick], shown_labels[pick], out_dir / f"{stem}_overlay.png", title=display_name(path))
             elif path.suffix == ".npy":
                 image = load_slice(path)
                 pred = predictor.labels(image[None])[0]
@@ -222,7 +235,7 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
                     row = {"white_matter_mm2": wm * area, "gray_matter_mm2": gm * area,
                            "white_matter_ml": wm * area * slice_thickness / 1000,
                            "gray_matter_ml": gm * area * slice_thickness / 1000}
-                plot_overlay(image, pred, out_dir / f"{stem}_overlay.png", title=path.name)
+                plot_overlay(image, pred, out_dir / f"{stem}_overlay.png", title=display_name(path))
             else:
                 raise InputError(f"{path}: unsupported input (use .npy slices or .nii/.nii.gz/.mgz volumes)")
         except (InputError, VolumeError, SourceError) as e:

@@ -113,4 +113,21 @@ def test_make_archive_like_a_model_slices_as_it_was_trained(checkpoint, tmp_path
     assert r.returncode == 2 and "drop --axis" in r.stderr and r.stderr.count("\n") == 1
     r = mriseg("make-archive", src, "--out", tmp_path / "x.zip", "--like", tmp_path / "none.pt")
     assert r.returncode == 2 and "none.pt: no such checkpoint" in r.stderr
-    assert not (tmp_path / "x.zip").exists()
+    r = mriseg("evaluate", tmp_path / "like.zip", "--model", checkpoint, "--batch-size", "0")
+    assert r.returncode == 2 and "--batch-size: 0: must be at least 1" in r.stderr
+
+
+def test_like_a_model_that_records_no_pixel_size(tmp_path):
+    """A model trained on an archive without MRIs/mriseg.json (the tutorial's) records its plane but no
+    pixel size: --like says so and resamples to --pixel-size (1 mm by default), never to raw voxels."""
+    from test_make_archive import ibsr_folder
+    from test_training import run_train
+
+    assert "pixel_size_mm" not in run_train(tmp_path, "tutorial_like", epochs=1)
+    src = ibsr_folder(tmp_path)
+    for extra, want in (([], [1.0, 1.0]), (["--pixel-size", "0.5"], [0.5, 0.5])):
+        r = mriseg("make-archive", src, "--out", tmp_path / "a.zip", "--min-tissue", "10",
+                   "--like", tmp_path / "tutorial_like.pt", *extra)
+        assert r.returncode == 0 and "records no pixel size" in r.stderr, r.stderr
+        meta = archive_axis(tmp_path / "a.zip")
+        assert meta["axis"] == "axial" and meta["pixel_size_mm"] == want

@@ -79,6 +79,11 @@ def test_freesurfer_subject_folders_and_aseg_preset(tmp_path):
     assert {r["subject"] for r in rows} == {"bert", "ernie"}
     masks = np.stack([np.load(r["mask"]) for r in rows])
     assert (masks == 0).any() and (masks == 1).any()
+    # A NIfTI pair named like a FreeSurfer subject would mix two volumes under one subject: refused.
+    save(tmp_path / "fs" / "bert.nii.gz", image)
+    save(tmp_path / "fs" / "bert_seg.nii.gz", labels)
+    with pytest.raises(SourceError, match="both subject 'bert'"):
+        make_archive(tmp_path / "fs", tmp_path / "mixed.zip", labels="freesurfer-aseg")
 
 
 def test_fsl_fast_pve_maps(tmp_path):

@@ -221,6 +221,8 @@ def test_freesurfer_subjects_are_named_after_the_subject_and_scored_with_aseg(ch
         assert mask.shape == truth.shape
     assert (df["dice_white_matter"] > 0.75).all() and (df["dice_gray_matter"] > 0.75).all()
     assert df["manual_white_matter_ml"].tolist() == pytest.approx([(truth == 0).sum() * 2.0 / 1000] * 2)
-    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "one", tmp_path / "subjects" / "ernie")
-    assert r.returncode == 0 and pd.read_csv(tmp_path / "one" / "volumes.csv")["file"].str.endswith(
-        "ernie/mri/norm.mgz").tolist() == [True]
+    # One subject's folder, or its mri/ folder (whose aseg.mgz is not an image to segment).
+    for i, folder in enumerate((tmp_path / "subjects" / "ernie", tmp_path / "subjects" / "ernie" / "mri")):
+        r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / f"one{i}", folder)
+        assert r.returncode == 0 and pd.read_csv(tmp_path / f"one{i}" / "volumes.csv")["file"].str.endswith(
+            "ernie/mri/norm.mgz").tolist() == [True]

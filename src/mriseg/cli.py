@@ -4,6 +4,13 @@ import argparse
 import sys
 
 
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return value
+
+
 def predict_command(args):
     from .models import CheckpointError
     from tqdm import tqdm
@@ -28,10 +35,15 @@ def make_archive_command(args):
     axis, pixel_size = args.axis or "auto", 1.0 if args.pixel_size is None else args.pixel_size
     try:
         if args.like:
-            if args.axis or args.pixel_size is not None:
-                raise SourceError("--like takes the plane and pixel size from the model: drop --axis/--pixel-size")
             ckpt = load_checkpoint(args.like)[1]
-            axis, pixel_size = ckpt["axis"], (ckpt.get("pixel_size_mm") or [0])[0]
+            recorded = ckpt.get("pixel_size_mm")
+            if args.axis or (args.pixel_size is not None and recorded):
+                raise SourceError(f"--like {args.like} takes the plane and pixel size from the model: "
+                                  "drop --axis/--pixel-size")
+            axis, pixel_size = ckpt["axis"], recorded[0] if recorded else pixel_size
+            if not recorded:  # trained on an archive without MRIs/mriseg.json, such as the tutorial's
+                print(f"make-archive: note: {args.like} records no pixel size; using {pixel_size or 'the voxels'}"
+                      f"{' mm' if pixel_size else ''} (--pixel-size)", file=sys.stderr)
         n_subjects, n_slices = make_archive(args.src, args.out, labels=args.labels, axis=axis,
                                             pixel_size=pixel_size, min_tissue=args.min_tissue)
     except (SourceError, VolumeError, CheckpointError) as e:
@@ -55,7 +67,11 @@ def evaluate_command(args):
         return 2
     print(format_table(result))
     if args.out:
-        write_json(args.out, result)
+        try:
+            write_json(args.out, result)
+        except OSError as e:
+            print(f"evaluate: error: {args.out}: cannot write ({e.strerror})", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -68,7 +84,7 @@ def main(argv=None):
     p.add_argument("--model", default="models/model.pt", help="checkpoint written by the train stage")
     p.add_argument("--out", required=True, help="folder for masks, overlay PNGs and volumes.csv")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--pixel-size", help="mm per pixel of .npy slices: one value or ROW,COL (gives areas)")
     p.add_argument("--slice-thickness", type=float, default=1.0, help="mm, for the ml columns of .npy slices")
     p.add_argument("--labels", help="score volumes against their manual labels (make-archive's pairing: "
@@ -82,7 +98,7 @@ def main(argv=None):
     e.add_argument("--model", default="models/model.pt", help="checkpoint written by the train stage")
     e.add_argument("--out", help="also write the scores to this JSON file")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    e.add_argument("--batch-size", type=int, default=32,
+    e.add_argument("--batch-size", type=positive_int, default=32,
                    help="slices per batch; the tutorial's IoU is a mean over batches (the evaluate stage uses 32)")
     e.set_defaults(func=evaluate_command)
 

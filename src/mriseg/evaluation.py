@@ -12,18 +12,18 @@ from .training import evaluate
 
 def score(model, ckpt, x, y, batch_size, device):
     """The tutorial's IoU (mean over batches of batch_size), dataset-level IoU/Dice per tissue, and the loss."""
-    amp = ckpt["train"].get("amp", True)
+    if batch_size < 1 or not len(x):
+        raise ValueError(f"nothing to score ({len(x)} slices, batch size {batch_size})")
+    amp = ckpt.get("train", {}).get("amp", True)
     r = evaluate(model, x, y, batch_size, device, amp, ckpt["loss"], ckpt["activation"])
     return {"iou": r["iou"], **scores(r["confusion"]), "loss": r["loss"]}
 
 
 def mismatches(meta, ckpt):
-    """How an archive's slices differ from those the model was trained on (axis, pixel size, normalisation)."""
-    out = []
-    for key in ("axis", "pixel_size_mm", "normalization"):
-        if ckpt.get(key) is not None and meta.get(key) is not None and meta[key] != ckpt[key]:
-            out.append(f"{key} {meta[key]} (model: {ckpt[key]})")
-    return out
+    """How an archive's slices differ from those the model was trained on (axis, pixel size, normalisation),
+    for what the archive's MRIs/mriseg.json records (the tutorial's archives record nothing)."""
+    return [f"{key} {meta[key]} (model: {ckpt.get(key)})" for key in ("axis", "pixel_size_mm", "normalization")
+            if key in meta and meta[key] != ckpt.get(key)]
 
 
 def load_archive(archive, context, log=print):
@@ -32,8 +32,10 @@ def load_archive(archive, context, log=print):
     The zip is validated and extracted like the unzip stage does, into a temporary folder. Slices whose
     names carry no subject and slice (the tutorial's archives) stand in for their own neighbours.
     """
+    import json
+
     from .archive import extract_archive
-    from .data import MANIFEST_COLUMNS, archive_metadata, list_pairs, load_split
+    from .data import MANIFEST_COLUMNS, list_pairs, load_split
 
     with tempfile.TemporaryDirectory(prefix="mriseg-evaluate-") as tmp:
         root = Path(tmp) / "MRIs"
@@ -46,7 +48,8 @@ def load_archive(archive, context, log=print):
         x, y, rows = load_split(manifest, "test", context if named else 0)
         if context and not named:
             x = x.repeat(1, 2 * context + 1, 1, 1)
-        return x, y, rows, archive_metadata(root)
+        meta = root / "mriseg.json"
+        return x, y, rows, json.loads(meta.read_text()) if meta.exists() else {}
 
 
 def evaluate_archive(checkpoint, archive, device="auto", batch_size=32, log=print):
@@ -58,7 +61,7 @@ def evaluate_archive(checkpoint, archive, device="auto", batch_size=32, log=prin
     from .models import load_checkpoint
     from .training import pick_device
 
-    device = pick_device(device)
+    device = pick_device(device, where="--device")
     model, ckpt = load_checkpoint(checkpoint, device)
     x, y, rows, meta = load_archive(archive, int(ckpt.get("context", 0)), log)
     for what in mismatches(meta, ckpt):

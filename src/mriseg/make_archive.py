@@ -89,6 +89,10 @@ def find_subjects(src, labels):
         refs = label_paths_of(path, labels)
         if refs and not is_label_file(path):
             out.append((volume_stem(path)[0], path, refs))
+    seen = {}
+    for subject, image, _ in out:  # file names carry the subject: two sources cannot share one
+        if seen.setdefault(subject, image) != image:
+            raise SourceError(f"{seen[subject]} and {image} are both subject {subject!r}; rename one")
     if not out:
         raise SourceError(f"{src}: no labelled volumes found (<subject>.nii.gz + <subject>_seg.nii.gz, "
                           "FreeSurfer mri/norm.mgz + mri/aseg.mgz, or FSL FAST _pve_0/1/2)")

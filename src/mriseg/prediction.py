@@ -41,7 +41,9 @@ def expand_inputs(inputs, skip_labels=False):
 
     files = []
     for item in map(Path, inputs):
-        if item.is_dir():
+        if item.is_dir() and item.name == "mri" and (item / "norm.mgz").is_file():
+            files.append(item / "norm.mgz")  # a FreeSurfer subject's mri/: its image, not aseg, wm, ...
+        elif item.is_dir():
             found = freesurfer_images(item) + sorted(
                 p for p in item.iterdir() if p.is_file() and (p.suffix == ".npy" or is_volume(p))
                 and not (skip_labels and is_label_file(p)))
@@ -120,7 +122,7 @@ class Predictor:
         from .models import load_checkpoint
         from .training import pick_device
 
-        self.device = pick_device(device)
+        self.device = pick_device(device, where="--device")
         self.model, self.ckpt = load_checkpoint(checkpoint, self.device)
         self.amp = self.ckpt.get("train", {}).get("amp", True)
         self.batch_size = batch_size

@@ -25,11 +25,11 @@ def resolve_recipe(cfg):
     return {**cfg, **TUTORIAL_RECIPE} if cfg.get("recipe") == "tutorial" else dict(cfg)
 
 
-def pick_device(name="auto"):
+def pick_device(name="auto", where="params.yaml: train.device"):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("params.yaml: train.device=cuda, but no CUDA GPU is visible (use auto or cpu)")
+        raise SystemExit(f"{where}=cuda, but no CUDA GPU is visible (use auto or cpu)")
     return torch.device(name)
 
 

@@ -15,7 +15,7 @@ def score(model, ckpt, x, y, batch_size, device):
     if batch_size < 1 or not len(x):
         raise ValueError(f"nothing to score ({len(x)} slices, batch size {batch_size})")
     amp = ckpt.get("train", {}).get("amp", True)
-    r = evaluate(model, x, y, batch_size, device, amp, ckpt["loss"], ckpt["activation"])
+    r = evaluate(model, x, y, batch_size, device, amp, ckpt.get("loss", "bce"), ckpt["activation"])
     return {"iou": r["iou"], **scores(r["confusion"]), "loss": r["loss"]}
 
 

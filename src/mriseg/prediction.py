@@ -139,9 +139,17 @@ class Predictor:
         from .volumes import with_context
 
         slices = np.asarray(slices, dtype=np.float32)
-        x = with_context(slices, self.context) if self.context else slices[:, None]
-        return predict_labels(self.model, torch.from_numpy(np.ascontiguousarray(x)), self.device, self.amp,
-                              self.batch_size)
+        # Centre-padded to a multiple of 16, as make-archive pads training slices: the networks pool by up
+        # to 16 and re-pad on the left/top (the tutorial's rule), so other sizes shift their feature maps
+        # (WM Dice 0.857 instead of 0.916 on IBSR_16's 215 x 215 coronal slices).
+        h, w = slices.shape[1:]
+        top, left = (-h % 16) // 2, (-w % 16) // 2
+        padded = np.zeros((len(slices), h + (-h % 16), w + (-w % 16)), np.float32)
+        padded[:, top:top + h, left:left + w] = slices
+        x = with_context(padded, self.context) if self.context else padded[:, None]
+        labels = predict_labels(self.model, torch.from_numpy(np.ascontiguousarray(x)), self.device, self.amp,
+                                self.batch_size)
+        return labels[:, top:top + h, left:left + w]
 
     def predict_volume(self, path):
         """(labels on the input's own grid and shape, input image, its 3-D image, displayed slices, displayed

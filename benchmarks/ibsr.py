@@ -11,6 +11,8 @@ subjects: IoU as the tutorial computes it, and dataset-level Dice per tissue.
     python benchmarks/ibsr.py                     # CPU default, sized for < 45 min on 2 cores
     python benchmarks/ibsr.py --folds 5 --epochs 30 --train-stride 1     # on a GPU
     python benchmarks/ibsr.py --models unet --variants tutorial mriseg mriseg,augment=false
+    python benchmarks/ibsr.py --variants tutorial,epochs=60 mriseg,epochs=60    # compared with each other
+    benchmarks/ibsr_parallel.sh ibsr.zip out/    # 5 folds on one GPU, one process per run, from one archive
 """
 import argparse
 import json
@@ -93,6 +95,8 @@ def run_one(rows, test_subjects, model, variant, cfg, args, meta):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", default=str(ROOT.parent / "shared" / "data" / "ibsr18-dev"))
+    p.add_argument("--archive", help="an archive that `mriseg make-archive` made, used instead of making one from "
+                   "--src (parallel runs share one; no nibabel needed)")
     p.add_argument("--folds", type=int, default=2)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--train-stride", type=int, default=4, help="train on every n-th slice of training subjects")
@@ -128,18 +132,31 @@ def device_name(device):
     return f"CPU, {torch.get_num_threads()} threads ({platform.processor() or platform.machine()})"
 
 
+def pixel_size(meta, args):
+    """The archive's in-plane mm as the table prints it ("1.0"; "0.94x1.5" for kept anisotropic voxels)."""
+    mm = meta["pixel_size_mm"]
+    if not mm:
+        return args.pixel_size
+    return mm[0] if len(set(mm)) == 1 else "x".join(f"{v:g}" for v in mm)
+
+
 def run_all(args):
-    if not Path(args.src).exists():
-        sys.exit(f"{args.src}: IBSR subjects not found (the shared data folder)")
+    source = args.archive or args.src
+    if not Path(source).exists():
+        sys.exit(f"{source}: not found ({'--archive' if args.archive else 'the shared IBSR folder, --src'})")
     cfg = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
     with tempfile.TemporaryDirectory() as tmp:
-        make_archive(args.src, Path(tmp) / "ibsr.zip", labels="ibsr", axis=args.axis, pixel_size=args.pixel_size)
-        extract_archive(Path(tmp) / "ibsr.zip", Path(tmp) / "MRIs")
+        archive = args.archive
+        if archive is None:
+            archive = Path(tmp) / "ibsr.zip"
+            make_archive(args.src, archive, labels="ibsr", axis=args.axis, pixel_size=args.pixel_size)
+        extract_archive(archive, Path(tmp) / "MRIs")
         rows = list_pairs(Path(tmp) / "MRIs")
         meta = archive_metadata(Path(tmp) / "MRIs")
         subjects = sorted({r["subject"] for r in rows})
-        setup = {"subjects": len(subjects), "axis": meta["axis"], "pixel_size": args.pixel_size, "folds": args.folds,
-                 "epochs": args.epochs, "train_stride": args.train_stride, "device": device_name(args.device)}
+        setup = {"subjects": len(subjects), "axis": meta["axis"], "pixel_size": pixel_size(meta, args),
+                 "folds": args.folds, "epochs": args.epochs, "train_stride": args.train_stride,
+                 "device": device_name(args.device)}
         results = []
         only = {int(f) for f in args.only_folds.split(",")} if args.only_folds else None
         for fold, test_subjects in enumerate(folds_of(subjects, args.folds, args.seed)):
@@ -158,9 +175,16 @@ def run_all(args):
     return results
 
 
+def baseline_of(variant, ran):
+    """The tutorial run a variant is compared with: the one with the same overrides where it ran
+    ('mriseg,epochs=60' against 'tutorial,epochs=60'), else the plain 'tutorial'."""
+    same = "tutorial" + variant[len(variant.split(",")[0]):]
+    return same if same in ran else "tutorial"
+
+
 def table(results):
     """Markdown: one row per run, then mean ± sd per network and recipe, with the paired IoU gain over the
-    tutorial recipe (same folds)."""
+    tutorial recipe (same folds, same overrides where that ran)."""
     df = pd.DataFrame(results).sort_values(["fold", "model"], kind="stable")
     s = results[0]
     lines = [f"{s['subjects']} IBSR subjects, {s['axis']} slices at {s['pixel_size']} mm, {s['folds']}-fold "
@@ -175,8 +199,9 @@ def table(results):
     iou = df.pivot_table(index=["model", "fold"], columns="recipe", values="iou")
     for (model, recipe), g in df.groupby(["model", "recipe"], sort=False):
         gain = "–"
-        if recipe != "tutorial" and "tutorial" in iou:
-            d = (iou[recipe] - iou["tutorial"]).loc[model].dropna()
+        base = baseline_of(recipe, iou.columns)
+        if not recipe.startswith("tutorial") and base in iou:
+            d = (iou[recipe] - iou[base]).loc[model].dropna()
             gain = f"{d.mean():+.4f} (better in {(d > 0).sum()} of {len(d)})" if len(d) else "–"
         sd = lambda c: f"{g[c].std():.4f}" if len(g) > 1 else "–"
         lines.append(f"| {model} | {recipe} | {len(g)} | {g['iou'].mean():.4f} ± {sd('iou')} | {gain} | "

@@ -1,9 +1,11 @@
-"""The IBSR benchmark's fold manifests (the benchmark itself needs the shared subjects and hours), and IBSR
-subjects turned into FreeSurfer's form."""
+"""The IBSR benchmark: its fold manifests, short real runs on a small made archive (alone and as parallel
+processes), and IBSR subjects turned into FreeSurfer's form."""
 import importlib.util
-
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -11,7 +13,8 @@ import pytest
 
 from conftest import ROOT, SHARED_IBSR
 from mriseg.data import load_split
-from mriseg.make_archive import load_labels
+from mriseg.make_archive import load_labels, make_archive
+from test_make_archive import ibsr_folder
 
 
 def load_benchmark():
@@ -37,6 +40,54 @@ def test_thinned_training_slices_keep_their_real_neighbours(tmp_path):
     # Odd slices are not trained on, but still lend their pixels as neighbours (as at test time).
     assert x[:, :, 0, 0].tolist() == [[10, 10, 11], [11, 12, 13], [13, 14, 15], [15, 16, 17]]
     assert len(load_split(df, "test", context=1)[0]) == 8
+
+
+def four_subject_archive(tmp_path):
+    make_archive(ibsr_folder(tmp_path, ("S1", "S2", "S3", "S4")), tmp_path / "a.zip", labels="ibsr", axis="axial",
+                 pixel_size=1.0, min_tissue=10)
+    return tmp_path / "a.zip"
+
+
+def test_benchmark_runs_on_a_made_archive_and_pairs_variants_with_the_same_overrides(tmp_path):
+    """Real training for one epoch per run, on an archive made once (as parallel GPU runs share one);
+    'mriseg,epochs=2' is compared with 'tutorial,epochs=2', not with the 1-epoch 'tutorial'."""
+    jsonl, out = tmp_path / "rows.jsonl", tmp_path / "table.md"
+    run = subprocess.run([sys.executable, ROOT / "benchmarks" / "ibsr.py", "--archive", four_subject_archive(tmp_path),
+                          "--src", tmp_path / "absent", "--folds", "2", "--only-folds", "1", "--epochs", "1",
+                          "--train-stride", "2", "--models", "unet", "--device", "cpu", "--jsonl", jsonl, "--out", out,
+                          "--variants", "tutorial", "tutorial,epochs=2", "mriseg,epochs=2"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [(r["fold"], r["recipe"], r["best_epoch"]) for r in rows] == [
+        (1, "tutorial", 1), (1, "tutorial,epochs=2", 2), (1, "mriseg,epochs=2", 2)]
+    assert rows[0]["pixel_size"] == 1.0 and all(0 <= r["iou"] <= 1 for r in rows)
+    gain = next(line for line in out.read_text().splitlines() if line.startswith("| unet | mriseg,epochs=2 | 1 |"))
+    expected = rows[2]["iou"] - rows[1]["iou"]
+    assert f"| {expected:+.4f} (better in {int(expected > 0)} of 1) |" in gain
+
+
+def test_parallel_runs_share_one_archive_and_merge_their_rows(tmp_path):
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("0 unet tutorial\n1 unet mriseg,epochs=2\n")
+    env = {**os.environ, "IBSR_ARGS": "--folds 2 --epochs 1 --train-stride 2 --device cpu", "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    run = subprocess.run(["bash", ROOT / "benchmarks" / "ibsr_parallel.sh", four_subject_archive(tmp_path),
+                          tmp_path / "out", "2", "600", jobs], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert sorted(line.split()[1:] for line in run.stdout.splitlines() if " rc=" in line) == [
+        ["0-unet-tutorial", "rc=0"], ["1-unet-mriseg,epochs=2", "rc=0"]]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "rows.jsonl").read_text().splitlines()]
+    assert sorted((r["fold"], r["recipe"]) for r in rows) == [(0, "tutorial"), (1, "mriseg,epochs=2")]
+    table = (tmp_path / "out" / "table.md").read_text().splitlines()
+    assert any(line.startswith("| 0 | ") and "| unet | tutorial |" in line for line in table)
+    assert any(line.startswith("| 1 | ") and "| unet | mriseg,epochs=2 |" in line for line in table)
+
+
+def test_benchmark_names_a_missing_archive(tmp_path):
+    run = subprocess.run([sys.executable, ROOT / "benchmarks" / "ibsr.py", "--archive", tmp_path / "none.zip"],
+                         capture_output=True, text=True)
+    assert run.returncode == 1 and run.stderr.strip() == f"{tmp_path / 'none.zip'}: not found (--archive)"
 
 
 @pytest.mark.skipif(not SHARED_IBSR.exists(), reason="needs ../shared/data/ibsr18-dev (the shared IBSR subjects)")

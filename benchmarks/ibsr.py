@@ -89,7 +89,7 @@ def run_one(rows, test_subjects, model, variant, cfg, args, meta):
     xt, yt, _ = load_split(df, "test", context)
     s = score(net, ckpt, xt, yt, 32, pick_device(args.device))  # as the evaluate stage scores the test split
     return {"iou": s["iou"], "dice_wm": s["dice_white_matter"], "dice_gm": s["dice_gray_matter"],
-            "train_slices": len(x), "best_epoch": ckpt["best_epoch"], "minutes": seconds / 60}
+            "train_slices": len(x), "best_epoch": ckpt["best_epoch"], "minutes": seconds / 60, "epochs": cfg["epochs"]}
 
 
 def main():
@@ -103,9 +103,10 @@ def main():
     p.add_argument("--models", default="unet,resnet")
     p.add_argument("--variants", nargs="+", default=["tutorial", "mriseg"],
                    help="recipes to compare: tutorial, mriseg, or either with ,key=value overrides")
-    p.add_argument("--axis", default="auto", choices=["auto", "axial", "coronal", "sagittal"],
-                   help="make-archive's slicing plane (auto: coronal for IBSR, its acquisition plane)")
-    p.add_argument("--pixel-size", type=float, default=1.0, help="in-plane mm of the archive (make-archive)")
+    p.add_argument("--axis", choices=["auto", "axial", "coronal", "sagittal"],
+                   help="make-archive's slicing plane (default auto: coronal for IBSR, its acquisition plane)")
+    p.add_argument("--pixel-size", type=float, help="in-plane mm of the archive (make-archive; default 1.0, 0 keeps "
+                   "the voxels)")
     p.add_argument("--only-folds", help="comma-separated fold numbers to run (default: all)")
     p.add_argument("--device", default="auto")
     p.add_argument("--pretrained", action="store_true", help="ImageNet weights for the ResNet encoder (needs the cache)")
@@ -132,35 +133,32 @@ def device_name(device):
     return f"CPU, {torch.get_num_threads()} threads ({platform.processor() or platform.machine()})"
 
 
-def pixel_size(meta, args):
-    """The archive's in-plane mm as the table prints it ("1.0"; "0.94x1.5" for kept anisotropic voxels)."""
-    mm = meta["pixel_size_mm"]
-    if not mm:
-        return args.pixel_size
-    return mm[0] if len(set(mm)) == 1 else "x".join(f"{v:g}" for v in mm)
-
-
 def run_all(args):
     source = args.archive or args.src
     if not Path(source).exists():
         sys.exit(f"{source}: not found ({'--archive' if args.archive else 'the shared IBSR folder, --src'})")
+    if args.archive and (args.axis or args.pixel_size is not None):
+        sys.exit(f"{args.archive}: --axis and --pixel-size make an archive; --archive takes its slices as they are")
+    folds = {int(f) for f in args.only_folds.split(",")} if args.only_folds else set(range(args.folds))
+    if not folds <= set(range(args.folds)):
+        sys.exit(f"--only-folds {args.only_folds}: folds are 0 to {args.folds - 1} (--folds {args.folds})")
     cfg = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
     with tempfile.TemporaryDirectory() as tmp:
         archive = args.archive
         if archive is None:
             archive = Path(tmp) / "ibsr.zip"
-            make_archive(args.src, archive, labels="ibsr", axis=args.axis, pixel_size=args.pixel_size)
+            make_archive(args.src, archive, labels="ibsr", axis=args.axis or "auto",
+                         pixel_size=1.0 if args.pixel_size is None else args.pixel_size)
         extract_archive(archive, Path(tmp) / "MRIs")
         rows = list_pairs(Path(tmp) / "MRIs")
         meta = archive_metadata(Path(tmp) / "MRIs")
         subjects = sorted({r["subject"] for r in rows})
-        setup = {"subjects": len(subjects), "axis": meta["axis"], "pixel_size": pixel_size(meta, args),
-                 "folds": args.folds, "epochs": args.epochs, "train_stride": args.train_stride,
-                 "device": device_name(args.device)}
+        mm = meta["pixel_size_mm"]  # None: the archive kept the scans' voxels
+        setup = {"subjects": len(subjects), "axis": meta["axis"], "pixel_size": mm[0] if mm else "native",
+                 "folds": args.folds, "train_stride": args.train_stride, "device": device_name(args.device)}
         results = []
-        only = {int(f) for f in args.only_folds.split(",")} if args.only_folds else None
         for fold, test_subjects in enumerate(folds_of(subjects, args.folds, args.seed)):
-            if only is not None and fold not in only:
+            if fold not in folds:
                 continue
             for model in args.models.split(","):
                 for variant in args.variants:
@@ -176,10 +174,11 @@ def run_all(args):
 
 
 def baseline_of(variant, ran):
-    """The tutorial run a variant is compared with: the one with the same overrides where it ran
-    ('mriseg,epochs=60' against 'tutorial,epochs=60'), else the plain 'tutorial'."""
-    same = "tutorial" + variant[len(variant.split(",")[0]):]
-    return same if same in ran else "tutorial"
+    """The tutorial variant that `variant` is compared with, among those that ran for its network: the one
+    with the same overrides ('mriseg,epochs=60' against 'tutorial,epochs=60'), else plain 'tutorial'."""
+    _, overrides, n_val = parse_variant(variant)
+    same = [v for v in ran if v != variant and parse_variant(v) == ("tutorial", overrides, n_val)]
+    return same[0] if same else "tutorial"
 
 
 def table(results):
@@ -187,8 +186,10 @@ def table(results):
     tutorial recipe (same folds, same overrides where that ran)."""
     df = pd.DataFrame(results).sort_values(["fold", "model"], kind="stable")
     s = results[0]
-    lines = [f"{s['subjects']} IBSR subjects, {s['axis']} slices at {s['pixel_size']} mm, {s['folds']}-fold "
-             f"subject-wise CV, {s['epochs']} epochs, every {s['train_stride']} training slice(s), {s['device']}", "",
+    epochs = "/".join(str(e) for e in sorted(df["epochs"].unique()))
+    pixels = "the scans' own pixel size" if s["pixel_size"] == "native" else f"{s['pixel_size']} mm"
+    lines = [f"{s['subjects']} IBSR subjects, {s['axis']} slices at {pixels}, {s['folds']}-fold "
+             f"subject-wise CV, {epochs} epochs, every {s['train_stride']} training slice(s), {s['device']}", "",
              "| fold | test subjects | model | recipe | IoU (tutorial) | Dice WM | Dice GM | train slices | best epoch | minutes |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in df.to_dict("records"):
@@ -199,10 +200,11 @@ def table(results):
     iou = df.pivot_table(index=["model", "fold"], columns="recipe", values="iou")
     for (model, recipe), g in df.groupby(["model", "recipe"], sort=False):
         gain = "–"
-        base = baseline_of(recipe, iou.columns)
-        if not recipe.startswith("tutorial") and base in iou:
+        base = baseline_of(recipe, set(df.loc[df["model"] == model, "recipe"]))
+        if recipe != "tutorial" and base in iou:
             d = (iou[recipe] - iou[base]).loc[model].dropna()
-            gain = f"{d.mean():+.4f} (better in {(d > 0).sum()} of {len(d)})" if len(d) else "–"
+            against = "" if base == "tutorial" else f"; vs {base}"
+            gain = f"{d.mean():+.4f} (better in {(d > 0).sum()} of {len(d)}{against})" if len(d) else "–"
         sd = lambda c: f"{g[c].std():.4f}" if len(g) > 1 else "–"
         lines.append(f"| {model} | {recipe} | {len(g)} | {g['iou'].mean():.4f} ± {sd('iou')} | {gain} | "
                      f"{g['dice_wm'].mean():.4f} ± {sd('dice_wm')} | {g['dice_gm'].mean():.4f} ± {sd('dice_gm')} |")

@@ -42,38 +42,69 @@ def test_thinned_training_slices_keep_their_real_neighbours(tmp_path):
     assert len(load_split(df, "test", context=1)[0]) == 8
 
 
-def four_subject_archive(tmp_path):
+def four_subject_archive(tmp_path, pixel_size=1.0):
     make_archive(ibsr_folder(tmp_path, ("S1", "S2", "S3", "S4")), tmp_path / "a.zip", labels="ibsr", axis="axial",
-                 pixel_size=1.0, min_tissue=10)
+                 pixel_size=pixel_size, min_tissue=10)
     return tmp_path / "a.zip"
+
+
+def run_benchmark(*args):
+    return subprocess.run([sys.executable, ROOT / "benchmarks" / "ibsr.py", *args], capture_output=True, text=True)
+
+
+def test_variants_are_compared_with_the_tutorial_run_of_the_same_overrides():
+    row = {"subjects": 4, "axis": "axial", "pixel_size": 1.0, "folds": 2, "train_stride": 1, "device": "cpu",
+           "dice_wm": 0.9, "dice_gm": 0.9, "train_slices": 10, "best_epoch": 1, "minutes": 1.0, "epochs": 30}
+    ious = {("unet", "tutorial"): [0.70, 0.72], ("unet", "tutorial,epochs=60"): [0.60, 0.61],
+            ("unet", "mriseg,epochs=60"): [0.75, 0.80], ("unet", "mriseg,epochs=60.0,val=0"): [0.75, 0.80],
+            ("unet", "mriseg,lr=0.001"): [0.74, 0.71], ("resnet", "tutorial"): [0.70, 0.70],
+            ("resnet", "mriseg,epochs=60"): [0.71, 0.73]}
+    results = [{**row, "fold": fold, "test subjects": "S1", "model": model, "recipe": recipe, "iou": iou}
+               for (model, recipe), values in ious.items() for fold, iou in enumerate(values)]
+    gains = {tuple(line.split(" | ")[:2]): line.split(" | ")[4] for line in load_benchmark().table(results).splitlines()
+             if line.startswith(("| unet |", "| resnet |"))}
+    assert gains == {
+        ("| unet", "tutorial"): "–",
+        ("| unet", "tutorial,epochs=60"): "-0.1050 (better in 0 of 2)",
+        ("| unet", "mriseg,epochs=60"): "+0.1700 (better in 2 of 2; vs tutorial,epochs=60)",
+        ("| unet", "mriseg,epochs=60.0,val=0"): "+0.1700 (better in 2 of 2; vs tutorial,epochs=60)",
+        ("| unet", "mriseg,lr=0.001"): "+0.0150 (better in 1 of 2)",
+        ("| resnet", "tutorial"): "–",
+        # No 60-epoch tutorial run for this network: against its plain tutorial run.
+        ("| resnet", "mriseg,epochs=60"): "+0.0200 (better in 2 of 2)"}
 
 
 def test_benchmark_runs_on_a_made_archive_and_pairs_variants_with_the_same_overrides(tmp_path):
     """Real training for one epoch per run, on an archive made once (as parallel GPU runs share one);
     'mriseg,epochs=2' is compared with 'tutorial,epochs=2', not with the 1-epoch 'tutorial'."""
     jsonl, out = tmp_path / "rows.jsonl", tmp_path / "table.md"
-    run = subprocess.run([sys.executable, ROOT / "benchmarks" / "ibsr.py", "--archive", four_subject_archive(tmp_path),
-                          "--src", tmp_path / "absent", "--folds", "2", "--only-folds", "1", "--epochs", "1",
-                          "--train-stride", "2", "--models", "unet", "--device", "cpu", "--jsonl", jsonl, "--out", out,
-                          "--variants", "tutorial", "tutorial,epochs=2", "mriseg,epochs=2"],
-                         capture_output=True, text=True)
+    run = run_benchmark("--archive", four_subject_archive(tmp_path, pixel_size=1.5), "--src", tmp_path / "absent",
+                        "--folds", "2", "--only-folds", "1", "--epochs", "1", "--train-stride", "2", "--models", "unet",
+                        "--device", "cpu", "--jsonl", jsonl, "--out", out,
+                        "--variants", "tutorial", "tutorial,epochs=2", "mriseg,epochs=2")
     assert run.returncode == 0, run.stderr
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    assert [(r["fold"], r["recipe"], r["best_epoch"]) for r in rows] == [
-        (1, "tutorial", 1), (1, "tutorial,epochs=2", 2), (1, "mriseg,epochs=2", 2)]
-    assert rows[0]["pixel_size"] == 1.0 and all(0 <= r["iou"] <= 1 for r in rows)
-    gain = next(line for line in out.read_text().splitlines() if line.startswith("| unet | mriseg,epochs=2 | 1 |"))
+    assert [(r["fold"], r["recipe"], r["epochs"], r["best_epoch"]) for r in rows] == [
+        (1, "tutorial", 1, 1), (1, "tutorial,epochs=2", 2, 2), (1, "mriseg,epochs=2", 2, 2)]
+    assert all(r["pixel_size"] == 1.5 and 0 <= r["iou"] <= 1 for r in rows)  # read from the archive
+    text = out.read_text()
+    assert text.startswith("4 IBSR subjects, axial slices at 1.5 mm, 2-fold subject-wise CV, 1/2 epochs,")
+    gain = next(line for line in text.splitlines() if line.startswith("| unet | mriseg,epochs=2 | 1 |"))
     expected = rows[2]["iou"] - rows[1]["iou"]
-    assert f"| {expected:+.4f} (better in {int(expected > 0)} of 1) |" in gain
+    assert f"| {expected:+.4f} (better in {int(expected > 0)} of 1; vs tutorial,epochs=2) |" in gain
+
+
+def run_parallel(*args):
+    env = {**os.environ, "IBSR_ARGS": "--folds 2 --epochs 1 --train-stride 2 --device cpu", "OMP_NUM_THREADS": "1",
+           "PYTHON": sys.executable}
+    return subprocess.run(["bash", ROOT / "benchmarks" / "ibsr_parallel.sh", *args], capture_output=True, text=True,
+                          env=env)
 
 
 def test_parallel_runs_share_one_archive_and_merge_their_rows(tmp_path):
     jobs = tmp_path / "jobs.txt"
     jobs.write_text("0 unet tutorial\n1 unet mriseg,epochs=2\n")
-    env = {**os.environ, "IBSR_ARGS": "--folds 2 --epochs 1 --train-stride 2 --device cpu", "OMP_NUM_THREADS": "1",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    run = subprocess.run(["bash", ROOT / "benchmarks" / "ibsr_parallel.sh", four_subject_archive(tmp_path),
-                          tmp_path / "out", "2", "600", jobs], capture_output=True, text=True, env=env)
+    run = run_parallel(four_subject_archive(tmp_path), tmp_path / "out", "2", "600", jobs)
     assert run.returncode == 0, run.stdout + run.stderr
     assert sorted(line.split()[1:] for line in run.stdout.splitlines() if " rc=" in line) == [
         ["0-unet-tutorial", "rc=0"], ["1-unet-mriseg,epochs=2", "rc=0"]]
@@ -84,10 +115,26 @@ def test_parallel_runs_share_one_archive_and_merge_their_rows(tmp_path):
     assert any(line.startswith("| 1 | ") and "| unet | mriseg,epochs=2 |" in line for line in table)
 
 
-def test_benchmark_names_a_missing_archive(tmp_path):
-    run = subprocess.run([sys.executable, ROOT / "benchmarks" / "ibsr.py", "--archive", tmp_path / "none.zip"],
-                         capture_output=True, text=True)
-    assert run.returncode == 1 and run.stderr.strip() == f"{tmp_path / 'none.zip'}: not found (--archive)"
+def test_parallel_runs_stop_when_time_is_up_and_keep_no_process(tmp_path):
+    archive, jobs = four_subject_archive(tmp_path), tmp_path / "jobs.txt"
+    jobs.write_text("0 unet mriseg,epochs=50\n1 unet mriseg,epochs=50\n")
+    run = run_parallel(archive, tmp_path / "out", "2", "3", jobs)
+    assert run.returncode == 1 and "stopped after 3 s" in run.stderr and "no run finished" in run.stderr
+    assert subprocess.run(["pgrep", "-f", str(archive)], capture_output=True).stdout == b""
+    again = run_parallel(archive, tmp_path / "out", "2", "3", jobs)  # its rows would be counted twice
+    assert again.returncode == 2 and again.stderr.startswith(f"{tmp_path / 'out' / 'rows'}: exists;")
+
+
+def test_benchmark_refuses_bad_arguments_in_one_line(tmp_path):
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(b"")
+    for args, message in [(["--archive", tmp_path / "none.zip"], f"{tmp_path / 'none.zip'}: not found (--archive)"),
+                          (["--archive", archive, "--axis", "axial"],
+                           f"{archive}: --axis and --pixel-size make an archive; --archive takes its slices as they are"),
+                          (["--archive", archive, "--folds", "5", "--only-folds", "1,5"],
+                           "--only-folds 1,5: folds are 0 to 4 (--folds 5)")]:
+        run = run_benchmark(*args)
+        assert run.returncode == 1 and run.stderr.strip() == message
 
 
 @pytest.mark.skipif(not SHARED_IBSR.exists(), reason="needs ../shared/data/ibsr18-dev (the shared IBSR subjects)")

@@ -147,8 +147,8 @@ def run_all(args):
         archive = args.archive
         if archive is None:
             archive = Path(tmp) / "ibsr.zip"
-            make_archive(args.src, archive, labels="ibsr", axis=args.axis or "auto",
-                         pixel_size=1.0 if args.pixel_size is None else args.pixel_size)
+            given = {"axis": args.axis, "pixel_size": args.pixel_size}  # unset: make_archive's own defaults
+            make_archive(args.src, archive, labels="ibsr", **{k: v for k, v in given.items() if v is not None})
         extract_archive(archive, Path(tmp) / "MRIs")
         rows = list_pairs(Path(tmp) / "MRIs")
         meta = archive_metadata(Path(tmp) / "MRIs")

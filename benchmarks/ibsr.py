@@ -17,6 +17,8 @@ subjects: IoU as the tutorial computes it, and dataset-level Dice per tissue.
 import argparse
 import json
 import platform
+import re
+import shutil
 import sys
 import tempfile
 import time
@@ -35,6 +37,7 @@ from mriseg.models import load_checkpoint
 from mriseg.training import pick_device, resolve_recipe, train
 
 ROOT = Path(__file__).resolve().parents[1]
+NOT_IN_NAMES = r"[^\w.-]"
 
 
 def folds_of(subjects, k, seed):
@@ -73,7 +76,7 @@ def fold_manifest(rows, test_subjects, n_val=0, train_stride=1):
     return df
 
 
-def run_one(rows, test_subjects, model, variant, cfg, args, meta):
+def run_one(rows, test_subjects, model, variant, cfg, args, meta, keep=None):
     recipe, overrides, n_val = parse_variant(variant)
     df = fold_manifest(rows, test_subjects, n_val, args.train_stride)
     cfg = resolve_recipe({**cfg, "recipe": recipe, "epochs": args.epochs, "device": args.device,
@@ -86,6 +89,9 @@ def run_one(rows, test_subjects, model, variant, cfg, args, meta):
         ckpt = train(cfg, model, (x, y), evals, Path(tmp) / "m.pt", Path(tmp) / "r.pt", extra=meta)
         seconds = time.perf_counter() - t0
         net, _ = load_checkpoint(Path(tmp) / "m.pt", pick_device(args.device))
+        if keep is not None:  # for looking at the predictions later (`mriseg predict`, an analysis script)
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(tmp) / "m.pt", keep)
     xt, yt, _ = load_split(df, "test", context)
     s = score(net, ckpt, xt, yt, 32, pick_device(args.device))  # as the evaluate stage scores the test split
     return {"iou": s["iou"], "dice_wm": s["dice_white_matter"], "dice_gm": s["dice_gray_matter"],
@@ -112,6 +118,8 @@ def main():
     p.add_argument("--pretrained", action="store_true", help="ImageNet weights for the ResNet encoder (needs the cache)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ibsr.md"))
+    p.add_argument("--keep-models", metavar="DIR",
+                   help="keep every trained checkpoint as DIR/fold<f>-<model>-<variant>.pt")
     p.add_argument("--jsonl", help="also append every finished run to this file, as it finishes")
     p.add_argument("--table", nargs="+", metavar="JSONL",
                    help="only write the table, from --jsonl files of earlier runs (e.g. folds run in parallel)")
@@ -162,7 +170,10 @@ def run_all(args):
                 continue
             for model in args.models.split(","):
                 for variant in args.variants:
-                    r = run_one(rows, test_subjects, model, variant, cfg, args, meta)
+                    keep = None
+                    if args.keep_models:  # file names without , and = (mriseg,lr=0.001 -> mriseg_lr_0.001)
+                        keep = Path(args.keep_models) / f"fold{fold}-{model}-{re.sub(NOT_IN_NAMES, '_', variant)}.pt"
+                    r = run_one(rows, test_subjects, model, variant, cfg, args, meta, keep)
                     results.append({"fold": fold, "test subjects": " ".join(test_subjects), "model": model,
                                     "recipe": variant, **r, **setup})
                     print(f"fold {fold} {model:6s} {variant:24s} IoU {r['iou']:.4f} Dice WM {r['dice_wm']:.4f} "

@@ -128,7 +128,7 @@ def test_tutorial_recipe_is_one_setting_away(tmp_path):
                      flip_tta=True)
     assert ckpt["loss"] == "bce" and ckpt["activation"] == "sigmoid"
     assert ckpt["train"]["augment"] is False and ckpt["train"]["schedule"] == "constant"
-    assert ckpt["train"]["lr"] == 3e-4  # CFG trains at 3e-3
+    assert ckpt["train"]["lr"] == 3e-4 and ckpt["train"]["batch_size"] == 16  # CFG: 3e-3, batch 8
     assert ckpt["flip_tta"] is False and type(load_checkpoint(tmp_path / "tut.pt")[0]) is UNet
 
 

@@ -17,8 +17,8 @@ from .models import FlipAveraged, build_model
 
 
 # `train.recipe: tutorial` puts back every training choice of the reference tutorial in one setting.
-TUTORIAL_RECIPE = {"lr": 3e-4, "loss": "bce", "augment": False, "schedule": "constant", "stem_init": "random",
-                   "context": 0, "flip_tta": False}
+TUTORIAL_RECIPE = {"lr": 3e-4, "batch_size": 16, "loss": "bce", "augment": False, "schedule": "constant",
+                   "stem_init": "random", "context": 0, "flip_tta": False}
 
 
 def resolve_recipe(cfg):

@@ -10,10 +10,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 
 from conftest import ROOT, SHARED_IBSR
 from mriseg.data import load_split
 from mriseg.make_archive import load_labels, make_archive
+from mriseg.models import load_checkpoint
 from test_make_archive import ibsr_folder
 
 
@@ -80,12 +82,20 @@ def test_benchmark_runs_on_a_made_archive_and_pairs_variants_with_the_same_overr
     jsonl, out = tmp_path / "rows.jsonl", tmp_path / "table.md"
     run = run_benchmark("--archive", four_subject_archive(tmp_path, pixel_size=1.5), "--src", tmp_path / "absent",
                         "--folds", "2", "--only-folds", "1", "--epochs", "1", "--train-stride", "2", "--models", "unet",
-                        "--device", "cpu", "--jsonl", jsonl, "--out", out,
+                        "--device", "cpu", "--jsonl", jsonl, "--out", out, "--keep-models", tmp_path / "models",
                         "--variants", "tutorial", "tutorial,epochs=2", "mriseg,epochs=2")
     assert run.returncode == 0, run.stderr
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert [(r["fold"], r["recipe"], r["epochs"], r["best_epoch"]) for r in rows] == [
         (1, "tutorial", 1, 1), (1, "tutorial,epochs=2", 2, 2), (1, "mriseg,epochs=2", 2, 2)]
+    # Rows record the batch size: "mriseg" means params.yaml's recipe of the day; the tutorial's is fixed.
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
+    assert [r["batch_size"] for r in rows] == [16, 16, params["batch_size"]]
+    kept = sorted((tmp_path / "models").iterdir())
+    assert [p.name for p in kept] == ["fold1-unet-mriseg_epochs_2.pt", "fold1-unet-tutorial.pt",
+                                      "fold1-unet-tutorial_epochs_2.pt"]
+    _, ckpt = load_checkpoint(kept[0])
+    assert ckpt["loss"] == params["loss"] and len(ckpt["history"]) == 2
     assert all(r["pixel_size"] == 1.5 and 0 <= r["iou"] <= 1 for r in rows)  # read from the archive
     text = out.read_text()
     assert text.startswith("4 IBSR subjects, axial slices at 1.5 mm, 2-fold subject-wise CV, 1/2 epochs,")

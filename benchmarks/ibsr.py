@@ -18,7 +18,6 @@ import argparse
 import json
 import platform
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -85,13 +84,12 @@ def run_one(rows, test_subjects, model, variant, cfg, args, meta, keep=None):
     x, y, _ = load_split(df, "train", context)
     evals = {"val": load_split(df, "val", context)[:2]} if (df["split"] == "val").any() else {}
     with tempfile.TemporaryDirectory() as tmp:
+        out = keep or Path(tmp) / "m.pt"  # kept: for looking at the predictions later
+        out.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        ckpt = train(cfg, model, (x, y), evals, Path(tmp) / "m.pt", Path(tmp) / "r.pt", extra=meta)
+        ckpt = train(cfg, model, (x, y), evals, out, Path(tmp) / "r.pt", extra=meta)
         seconds = time.perf_counter() - t0
-        net, _ = load_checkpoint(Path(tmp) / "m.pt", pick_device(args.device))
-        if keep is not None:  # for looking at the predictions later (`mriseg predict`, an analysis script)
-            keep.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(tmp) / "m.pt", keep)
+        net, _ = load_checkpoint(out, pick_device(args.device))
     xt, yt, _ = load_split(df, "test", context)
     s = score(net, ckpt, xt, yt, 32, pick_device(args.device))  # as the evaluate stage scores the test split
     return {"iou": s["iou"], "dice_wm": s["dice_white_matter"], "dice_gm": s["dice_gray_matter"],

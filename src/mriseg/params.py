@@ -34,7 +34,4 @@ def load_params(path="params.yaml"):
     if not isinstance(context, int) or isinstance(context, bool) or context < 0:
         raise SystemExit(f"{path}: train.context must be a whole number >= 0 (neighbouring slices each side), "
                          f"got {context!r}")
-    ema = params.get("train", {}).get("ema", 0)
-    if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
-        raise SystemExit(f"{path}: train.ema must be a number in [0, 1) (0 = off), got {ema!r}")
     return params

@@ -1,5 +1,4 @@
 """The training loop: whole splits in memory, device-side one-hot and metrics, resumable epochs."""
-import copy
 import hashlib
 import json
 import math
@@ -19,7 +18,7 @@ from .models import FlipAveraged, build_model
 
 # `train.recipe: tutorial` puts back every training choice of the reference tutorial in one setting.
 TUTORIAL_RECIPE = {"lr": 3e-4, "batch_size": 16, "loss": "bce", "augment": False, "schedule": "constant",
-                   "stem_init": "random", "context": 0, "flip_tta": False, "ema": 0}
+                   "stem_init": "random", "context": 0, "flip_tta": False}
 
 
 def resolve_recipe(cfg):
@@ -83,19 +82,6 @@ def augment(x, y, gen):
     gamma = torch.exp(0.2 * u[3]).to(x.device).view(n, 1, 1, 1)
     gain = (1 + 0.1 * u[4]).to(x.device).view(n, 1, 1, 1)
     return x.clamp(min=0).pow(gamma) * gain, y
-
-
-@torch.no_grad()
-def ema_update(ema_model, model, decay, step):
-    """Exponential moving average of the weights (and BatchNorm statistics). The decay ramps up over the first
-    steps, (1 + step) / (10 + step), so a short run is not dominated by its random initial weights."""
-    decay = min(decay, (1 + step) / (10 + step))
-    pairs = list(zip(ema_model.state_dict().values(), model.state_dict().values()))
-    floats = [(e, m) for e, m in pairs if e.dtype.is_floating_point]
-    torch._foreach_lerp_([e for e, _ in floats], [m for _, m in floats], 1 - decay)
-    for e, m in pairs:
-        if not e.dtype.is_floating_point:
-            e.copy_(m)
 
 
 def to_device(x, device, channels_last=False):
@@ -170,13 +156,8 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
                         in_channels=x_train.shape[1])
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     step_model = torch.compile(model) if cfg.get("compile") else model
-    ema_decay = cfg.get("ema", 0)
-    # With train.ema the averaged weights are the ones scored, chosen and saved; the raw ones only train.
-    ema_model = copy.deepcopy(model).requires_grad_(False) if ema_decay else None
-    saved_model = ema_model if ema_model is not None else model
-    final_model = ema_model if ema_model is not None else step_model
     # Epochs are scored (and the best one chosen) as the checkpoint will predict: with flip_tta if set.
-    score_model = FlipAveraged(final_model, activation) if cfg.get("flip_tta") else final_model
+    score_model = FlipAveraged(step_model, activation) if cfg.get("flip_tta") else step_model
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     epochs = cfg["epochs"]
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if cfg.get("schedule") == "cosine"
@@ -194,8 +175,6 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             gen.set_state(state["generator"])
-            if ema_model is not None:
-                ema_model.load_state_dict(state["ema"])
             torch.set_rng_state(state["torch_rng"])
             history, start, best = state["history"], state["epoch"], state["best"]
             print(f"resuming from {resume_path} after epoch {start}/{epochs}")
@@ -230,8 +209,6 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if ema_model is not None:
-                ema_update(ema_model, model, ema_decay, epoch * len(batches) + i // bs)
             # Running sums stay on the device: no host synchronisation inside the epoch.
             with torch.no_grad():
                 total_loss += loss.detach() * len(idx)
@@ -254,17 +231,16 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
                                                       if k.endswith(("_loss", "_iou", "_dice_gray_matter"))))
         if "val" in eval_sets and len(eval_sets["val"][0]) and row["val_iou"] > best["score"]:
             best = {"score": row["val_iou"], "epoch": epoch + 1,
-                    "state_dict": {k: v.detach().clone() for k, v in saved_model.state_dict().items()}}
+                    "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         if live is not None:
             log_epoch(live, row)
         with atomic_path(resume_path) as tmp:
             torch.save({"fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                        "history": history, "best": best,
-                        **({"ema": ema_model.state_dict()} if ema_model is not None else {})}, tmp)
+                        "history": history, "best": best}, tmp)
 
-    state_dict = best["state_dict"] if best["state_dict"] is not None else saved_model.state_dict()
+    state_dict = best["state_dict"] if best["state_dict"] is not None else model.state_dict()
     ckpt = {"format": 1, "model": model_name, "state_dict": {k: v.cpu() for k, v in state_dict.items()},
             "classes": list(CLASS_NAMES), "activation": activation, "loss": loss_name, "context": context,
             "flip_tta": bool(cfg.get("flip_tta")),

@@ -162,7 +162,8 @@ def run_all(args):
         subjects = sorted({r["subject"] for r in rows})
         mm = meta["pixel_size_mm"]  # None: the archive kept the scans' voxels
         setup = {"subjects": len(subjects), "axis": meta["axis"], "pixel_size": mm[0] if mm else "native",
-                 "folds": args.folds, "train_stride": args.train_stride, "device": device_name(args.device)}
+                 "folds": args.folds, "train_stride": args.train_stride, "device": device_name(args.device),
+                 "torch": torch.__version__}  # GPU machines bring their own install
         results = []
         for fold, test_subjects in enumerate(folds_of(subjects, args.folds, args.seed)):
             if fold not in folds:

@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from conftest import ROOT, SHARED_IBSR
@@ -97,6 +98,7 @@ def test_benchmark_runs_on_a_made_archive_and_pairs_variants_with_the_same_overr
     _, ckpt = load_checkpoint(kept[0])
     assert ckpt["loss"] == params["loss"] and len(ckpt["history"]) == 2
     assert all(r["pixel_size"] == 1.5 and 0 <= r["iou"] <= 1 for r in rows)  # read from the archive
+    assert {r["torch"] for r in rows} == {torch.__version__}
     text = out.read_text()
     assert text.startswith("4 IBSR subjects, axial slices at 1.5 mm, 2-fold subject-wise CV, 1/2 epochs,")
     gain = next(line for line in text.splitlines() if line.startswith("| unet | mriseg,epochs=2 | 1 |"))

@@ -3,7 +3,8 @@
 Sources: a folder of pairs `<subject>.nii.gz` + `<subject>_seg.nii.gz` (also .nii/.mgz), FreeSurfer
 subject folders (`<subject>/mri/norm.mgz` + `aseg.mgz`), or FSL FAST outputs (`<subject>.nii.gz` +
 `<subject>_pve_0/1/2.nii.gz`). Every volume is put in RAS+ orientation, resampled in-plane to square
-pixels (`--pixel-size`, linear for images, nearest for labels: anatomy is never stretched),
+pixels (`--pixel-size`; linear for images, and for labels each tissue's indicator linearly, then the
+most likely tissue, as nnU-Net resamples label maps: anatomy is never stretched),
 normalised on its own (robust percentiles to [0, 1]), and cut into slices along `--axis` (auto: the
 acquisition plane, i.e. across the thickest voxels, so slices keep their native resolution; axial
 when voxels are isotropic); slices with
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from .archive import write_archive
 from .io import atomic_path
 from .volumes import (NORMALIZATION, VolumeError, acquisition_axis, is_volume, load_volume, normalize_volume,
-                      resample_inplane, to_slices, volume_stem)
+                      resample_inplane, resample_labels, to_slices, volume_stem)
 
 # FreeSurfer aseg labels (FreeSurferColorLUT). Brainstem goes to white matter, as in IBSR's tracings.
 ASEG_WHITE = (2, 41, 7, 46, 16, 77, 78, 79, 85, 251, 252, 253, 254, 255)
@@ -128,7 +129,7 @@ def subject_slices(image_path, label_paths, labels, axis, pixel_size, min_tissue
     img, img3 = load_volume(image_path)
     mapped = nib.Nifti1Image(load_labels(label_paths, labels, image_path, img3), img3.affine)
     image = resample_inplane(img3, axis, pixel_size, order=1)
-    mask = resample_inplane(mapped, axis, pixel_size, order=0, cval=2)  # outside the field of view: background
+    mask = resample_labels(mapped, axis, pixel_size)
     images = to_slices(normalize_volume(np.asanyarray(image.dataobj)), axis)
     masks = to_slices(np.rint(np.asanyarray(mask.dataobj)).astype(np.uint8), axis)
     keep = [z for z in range(len(masks)) if (masks[z] < 2).sum() >= min_tissue]

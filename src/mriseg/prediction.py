@@ -22,6 +22,18 @@ def predict_labels(model, x, device, amp=True, batch_size=32):
     return torch.cat(out).numpy() if out else np.zeros((0,) + tuple(x.shape[2:]), np.uint8)
 
 
+@torch.no_grad()
+def predict_probabilities(model, x, device, activation, amp=True, batch_size=32):
+    """images [N,C,H,W] float32 -> class probabilities [N,3,H,W] float32 (their argmax is predict_labels')."""
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        with autocast(device, amp):
+            logits = model(x[i:i + batch_size].to(device)).float()
+        out.append((logits.sigmoid() if activation == "sigmoid" else logits.softmax(dim=1)).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 3) + tuple(x.shape[2:]), np.float32)
+
+
 class InputError(ValueError):
     """A bad input file; one line naming it."""
 
@@ -131,7 +143,11 @@ class Predictor:
         self.context = int(self.ckpt.get("context", 0))
 
     def labels(self, slices):
-        """(n, H, W) slices, in order through one volume -> (n, H, W) labels.
+        """(n, H, W) slices, in order through one volume -> (n, H, W) labels."""
+        return self.probabilities(slices).argmax(axis=1).astype(np.uint8)
+
+    def probabilities(self, slices):
+        """(n, H, W) slices, in order through one volume -> (n, 3, H, W) class probabilities.
 
         A model trained with train.context > 0 gets each slice's neighbours as channels; a lone slice, or
         one at the end of the volume, stands in for its missing neighbours (as in training).
@@ -149,23 +165,25 @@ class Predictor:
         padded = np.zeros((len(slices), h + (-h % 16), w + (-w % 16)), np.float32)
         padded[:, top:top + h, left:left + w] = slices
         x = with_context(padded, self.context) if self.context else padded[:, None]
-        labels = predict_labels(self.model, torch.from_numpy(np.ascontiguousarray(x)), self.device, self.amp,
-                                self.batch_size)
-        return labels[:, top:top + h, left:left + w]
+        probs = predict_probabilities(self.model, torch.from_numpy(np.ascontiguousarray(x)), self.device,
+                                      self.ckpt["activation"], self.amp, self.batch_size)
+        return probs[:, :, top:top + h, left:left + w]
 
     def predict_volume(self, path):
         """(labels on the input's own grid and shape, input image, its 3-D image, displayed slices, displayed
         labels)."""
-        import nibabel as nib
-
         from .volumes import back_to_grid, from_slices, load_volume, normalize_volume, resample_inplane, to_slices
 
         img, img3 = load_volume(path)
         axis = self.ckpt["axis"]
         work = resample_inplane(img3, axis, self.pixel_size)
         slices = to_slices(normalize_volume(np.asanyarray(work.dataobj), self.ckpt["normalization"]), axis)
-        labels = self.labels(slices)
-        on_grid = back_to_grid(nib.Nifti1Image(from_slices(labels, axis), work.affine), img3, background=2)
+        probs = self.probabilities(slices)
+        labels = probs.argmax(axis=1).astype(np.uint8)
+        if work.shape == img3.shape and np.allclose(work.affine, img3.affine):  # predicted on its own grid
+            on_grid = from_slices(labels, axis)
+        else:  # probabilities, not labels, go back to the input's grid (see volumes.most_likely)
+            on_grid = back_to_grid([from_slices(probs[:, k], axis) for k in range(probs.shape[1])], work.affine, img3)
         return on_grid.reshape(img.shape), img, img3, slices, labels
 
 

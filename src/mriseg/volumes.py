@@ -90,6 +90,16 @@ def load_volume(path):
     return img, nib.Nifti1Image(np.asarray(data), img.affine)
 
 
+def inplane_zooms(canon, axis, pixel_size):
+    """Voxel sizes that give `pixel_size` mm square pixels in the slicing plane; None when already so."""
+    if pixel_size is None:
+        return None
+    zooms = list(canon.header.get_zooms()[:3])
+    target = [float(pixel_size)] * 3
+    target[AXES[axis]] = float(zooms[AXES[axis]])
+    return None if np.allclose(zooms, target, rtol=1e-3) else target
+
+
 def resample_inplane(img3, axis="axial", pixel_size=None, order=1, cval=0):
     """Canonical (RAS+) orientation, in-plane voxels resampled to `pixel_size` mm (None: kept).
 
@@ -99,14 +109,8 @@ def resample_inplane(img3, axis="axial", pixel_size=None, order=1, cval=0):
     from nibabel.processing import resample_to_output
 
     canon = nib.as_closest_canonical(img3)
-    if pixel_size is None:
-        return canon
-    zooms = list(canon.header.get_zooms()[:3])
-    target = [float(pixel_size)] * 3
-    target[AXES[axis]] = float(zooms[AXES[axis]])
-    if np.allclose(zooms, target, rtol=1e-3):
-        return canon
-    return resample_to_output(canon, voxel_sizes=target, order=order, cval=cval)
+    target = inplane_zooms(canon, axis, pixel_size)
+    return canon if target is None else resample_to_output(canon, voxel_sizes=target, order=order, cval=cval)
 
 
 def acquisition_axis(img, anisotropy=1.2):
@@ -121,9 +125,37 @@ def acquisition_axis(img, anisotropy=1.2):
     return {v: k for k, v in AXES.items()}[max(zooms, key=zooms.get)]
 
 
-def back_to_grid(labels_img, reference_img3, background):
-    """Nearest-neighbour labels from a resampled grid onto the original voxel grid of the input."""
+def most_likely(class_maps, affine, resample, background=2):
+    """Resample each class's map (indicator or probability) linearly with `resample`, then take the most
+    likely class: nnU-Net's rule for label maps. Nearest neighbour would drop or repeat whole rows of a
+    tracing between grids (1 % of IBSR's white matter from 0.94 to 1 mm) where the image is interpolated.
+    Outside the field of view is background. Returns (labels, their affine)."""
+    import nibabel as nib
+
+    out = [resample(nib.Nifti1Image(np.asarray(m, np.float32), affine), float(k == background))
+           for k, m in enumerate(class_maps)]
+    return np.argmax(np.stack([np.asanyarray(o.dataobj) for o in out]), axis=0).astype(np.uint8), out[0].affine
+
+
+def resample_labels(labels_img, axis="axial", pixel_size=None, n_classes=3, background=2):
+    """A label volume on the grid resample_inplane gives its image (see most_likely)."""
+    import nibabel as nib
+    from nibabel.processing import resample_to_output
+
+    canon = nib.as_closest_canonical(labels_img)
+    labels = np.rint(np.asanyarray(canon.dataobj)).astype(np.uint8)
+    target = inplane_zooms(canon, axis, pixel_size)
+    if target is None:
+        return nib.Nifti1Image(labels, canon.affine)
+    out, affine = most_likely([labels == k for k in range(n_classes)], canon.affine,
+                              lambda img, cval: resample_to_output(img, voxel_sizes=target, order=1, cval=cval),
+                              background)
+    return nib.Nifti1Image(out, affine)
+
+
+def back_to_grid(probabilities, work_affine, reference_img3, background=2):
+    """Class probabilities (classes, X, Y, Z) on the working grid -> labels on the input's own voxel grid."""
     from nibabel.processing import resample_from_to
 
-    out = resample_from_to(labels_img, reference_img3, order=0, cval=background)
-    return np.asarray(out.dataobj).round().astype(np.uint8)
+    return most_likely(probabilities, work_affine,
+                       lambda img, cval: resample_from_to(img, reference_img3, order=1, cval=cval), background)[0]

@@ -59,6 +59,36 @@ def test_anisotropic_in_plane_voxels_are_resampled_and_mapped_back(checkpoint, t
     assert wm == pytest.approx((truth == 0).sum(), rel=0.2)
 
 
+def test_probabilities_not_labels_go_back_to_the_input_grid():
+    """A model's soft sphere on its 1 mm grid, brought back to 0.8 mm voxels: linear probabilities keep the
+    sphere's surface; nearest-neighbour labels would make it a staircase of 1 mm steps."""
+    from nibabel.processing import resample_from_to
+
+    from mriseg.volumes import back_to_grid
+
+    def sphere(step, n):
+        c = (np.arange(n) + 0.5) * step - 20.0  # voxel centres in mm, both grids span -20..20 mm
+        d = np.sqrt(sum(a ** 2 for a in np.meshgrid(c, c, c, indexing="ij"))) - 11.3
+        return d, np.array([[step, 0, 0, c[0]], [0, step, 0, c[0]], [0, 0, step, c[0]], [0, 0, 0, 1.0]])
+
+    d, work_affine = sphere(1.0, 40)
+    inside = 1 / (1 + np.exp(d / 0.7))  # a smooth edge, as softmax outputs have
+    probs = [inside, np.zeros_like(inside), 1 - inside]  # white matter in background
+    fine_d, fine_affine = sphere(0.8, 50)
+    reference = nib.Nifti1Image(np.zeros(fine_d.shape, np.float32), fine_affine)
+    truth = fine_d < 0
+
+    labels = back_to_grid(probs, work_affine, reference)
+    assert labels.shape == truth.shape and labels.dtype == np.uint8 and set(np.unique(labels)) == {0, 2}
+    nearest = np.asarray(resample_from_to(nib.Nifti1Image(np.argmax(probs, 0).astype(np.uint8), work_affine),
+                                          reference, order=0, cval=2).dataobj)
+
+    def dice(a):
+        return 2 * (a & truth).sum() / (a.sum() + truth.sum())
+
+    assert dice(labels == 0) > 0.995 and dice(labels == 0) > dice(nearest == 0) + 0.005
+
+
 def test_slices_and_folders(checkpoint, tmp_path):
     rng = np.random.default_rng(5)
     (tmp_path / "in").mkdir()

@@ -47,12 +47,15 @@ class Up(nn.Module):
 
 
 class UNet(nn.Module):
-    def __init__(self, in_channels=1, num_classes=NUM_CLASSES):
+    """The tutorial's UNet at width 16: channels width, 2x, 4x, 8x down the encoder."""
+
+    def __init__(self, in_channels=1, num_classes=NUM_CLASSES, width=16):
         super().__init__()
-        self.stem = nn.Sequential(conv3x3_bn(in_channels, 16), conv3x3_bn(16, 16))
-        self.down1, self.down2, self.down3 = Down(16, 32), Down(32, 64), Down(64, 128)
-        self.up1, self.up2, self.up3 = Up(128, 64), Up(64, 32), Up(32, 16)
-        self.head = nn.Conv2d(16, num_classes, 3, padding=1)
+        c1, c2, c3, c4 = width, 2 * width, 4 * width, 8 * width
+        self.stem = nn.Sequential(conv3x3_bn(in_channels, c1), conv3x3_bn(c1, c1))
+        self.down1, self.down2, self.down3 = Down(c1, c2), Down(c2, c3), Down(c3, c4)
+        self.up1, self.up2, self.up3 = Up(c4, c3), Up(c3, c2), Up(c2, c1)
+        self.head = nn.Conv2d(c1, num_classes, 3, padding=1)
 
     def forward(self, x):
         x1 = self.stem(x)
@@ -120,10 +123,10 @@ class UNetResNet(nn.Module):
 MODELS = ("unet", "resnet")
 
 
-def build_model(name, pretrained=False, stem_init="random", in_channels=1):
-    """in_channels = 2 * train.context + 1: the slice and its neighbours."""
+def build_model(name, pretrained=False, stem_init="random", in_channels=1, width=16):
+    """in_channels = 2 * train.context + 1: the slice and its neighbours. width: the UNet's (train.width)."""
     if name == "unet":
-        return UNet(in_channels)
+        return UNet(in_channels, width=width)
     if name == "resnet":
         return UNetResNet(in_channels, pretrained=pretrained, stem_init=stem_init)
     raise ValueError(f"params.yaml: model must be one of {MODELS}, got {name!r}")
@@ -173,7 +176,8 @@ def load_checkpoint(path, device="cpu"):
     if ckpt["model"] not in MODELS:
         raise CheckpointError(f"{path}: unknown model {ckpt['model']!r}")
     # Architecture only: the weights come from the checkpoint.
-    model = build_model(ckpt["model"], in_channels=2 * int(ckpt.get("context", 0)) + 1)
+    model = build_model(ckpt["model"], in_channels=2 * int(ckpt.get("context", 0)) + 1,
+                        width=int(ckpt.get("width", 16)))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

@@ -34,4 +34,8 @@ def load_params(path="params.yaml"):
     if not isinstance(context, int) or isinstance(context, bool) or context < 0:
         raise SystemExit(f"{path}: train.context must be a whole number >= 0 (neighbouring slices each side), "
                          f"got {context!r}")
+    width = params.get("train", {}).get("width", 16)
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+        raise SystemExit(f"{path}: train.width must be a whole number >= 1 (the UNet's first-stage channels), "
+                         f"got {width!r}")
     return params

@@ -18,7 +18,7 @@ from .models import FlipAveraged, build_model
 
 # `train.recipe: tutorial` puts back every training choice of the reference tutorial in one setting.
 TUTORIAL_RECIPE = {"lr": 3e-4, "batch_size": 16, "loss": "bce", "augment": False, "schedule": "constant",
-                   "stem_init": "random", "context": 0, "flip_tta": False}
+                   "stem_init": "random", "context": 0, "flip_tta": False, "width": 16}
 
 
 def resolve_recipe(cfg):
@@ -153,7 +153,7 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
     if x_train.shape[1] != 2 * context + 1:
         raise ValueError(f"train.context={context} needs {2 * context + 1} input channels, the data has {x_train.shape[1]}")
     model = build_model(model_name, pretrained=cfg["pretrained"], stem_init=cfg.get("stem_init", "random"),
-                        in_channels=x_train.shape[1])
+                        in_channels=x_train.shape[1], width=cfg.get("width", 16))
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     step_model = torch.compile(model) if cfg.get("compile") else model
     # Epochs are scored (and the best one chosen) as the checkpoint will predict: with flip_tta if set.
@@ -243,7 +243,7 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
     state_dict = best["state_dict"] if best["state_dict"] is not None else model.state_dict()
     ckpt = {"format": 1, "model": model_name, "state_dict": {k: v.cpu() for k, v in state_dict.items()},
             "classes": list(CLASS_NAMES), "activation": activation, "loss": loss_name, "context": context,
-            "flip_tta": bool(cfg.get("flip_tta")),
+            "width": cfg.get("width", 16), "flip_tta": bool(cfg.get("flip_tta")),
             "best_epoch": best["epoch"] or epochs, "history": history, "train": cfg, **(extra or {})}
     with atomic_path(out_path) as tmp:
         torch.save(ckpt, tmp)

@@ -11,6 +11,15 @@ def test_parameter_counts_match_the_recipe():
     assert count_parameters(UNetResNet()) == 14_750_635
 
 
+def test_unet_width_scales_every_stage():
+    """train.width: channels width, 2x, 4x, 8x; parameters grow with its square (16 is the tutorial's)."""
+    wide = build_model("unet", width=32)
+    assert count_parameters(wide) == 1_928_675
+    assert wide.stem[0][0].out_channels == 32 and wide.down3.block[2][0].out_channels == 256
+    with torch.no_grad():
+        assert build_model("unet", width=8, in_channels=3).eval()(torch.randn(1, 3, 99, 131)).shape == (1, 3, 99, 131)
+
+
 @pytest.mark.parametrize("name", ["unet", "resnet"])
 @pytest.mark.parametrize("shape", [(394, 394), (99, 131), (64, 48)])
 def test_output_has_input_size_on_odd_and_non_square_slices(name, shape):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mriseg.models import FlipAveraged, UNet, load_checkpoint
+from mriseg.params import load_params
 from mriseg.training import augment, compute_loss, evaluate, train
 from conftest import synthetic_pair
 
@@ -125,11 +126,27 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
 
 def test_tutorial_recipe_is_one_setting_away(tmp_path):
     ckpt = run_train(tmp_path, "tut", epochs=1, recipe="tutorial", loss="dice_ce", augment=True, schedule="cosine",
-                     flip_tta=True)
+                     flip_tta=True, width=8)
     assert ckpt["loss"] == "bce" and ckpt["activation"] == "sigmoid"
     assert ckpt["train"]["augment"] is False and ckpt["train"]["schedule"] == "constant"
     assert ckpt["train"]["lr"] == 3e-4 and ckpt["train"]["batch_size"] == 16  # CFG: 3e-3, batch 8
     assert ckpt["flip_tta"] is False and type(load_checkpoint(tmp_path / "tut.pt")[0]) is UNet
+    assert ckpt["width"] == 16 and load_checkpoint(tmp_path / "tut.pt")[0].stem[0][0].out_channels == 16
+
+
+def test_checkpoint_rebuilds_the_trained_width(tmp_path):
+    ckpt = run_train(tmp_path, "w8", epochs=1, width=8)
+    model, meta = load_checkpoint(tmp_path / "w8.pt")
+    assert meta["width"] == 8 and model.stem[0][0].out_channels == 8
+    assert ckpt["history"][-1]["test_iou"] == pytest.approx(
+        evaluate(model, *TEST, 32, torch.device("cpu"), True, meta["loss"], meta["activation"], True)["iou"], abs=1e-6)
+
+
+@pytest.mark.parametrize("width", [0, 2.5, True, "wide"])
+def test_bad_width_is_one_clear_line(tmp_path, width):
+    (tmp_path / "params.yaml").write_text(f"model: unet\ntrain:\n  width: {width}\n")
+    with pytest.raises(SystemExit, match=r"params.yaml: train.width must be a whole number >= 1 .*got"):
+        load_params(tmp_path / "params.yaml")
 
 
 def test_flip_tta_checkpoint_predicts_as_its_epochs_were_scored(tmp_path):

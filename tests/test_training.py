@@ -142,10 +142,11 @@ def test_checkpoint_rebuilds_the_trained_width(tmp_path):
         evaluate(model, *TEST, 32, torch.device("cpu"), True, meta["loss"], meta["activation"], True)["iou"], abs=1e-6)
 
 
-@pytest.mark.parametrize("width", [0, 2.5, True, "wide"])
-def test_bad_width_is_one_clear_line(tmp_path, width):
-    (tmp_path / "params.yaml").write_text(f"model: unet\ntrain:\n  width: {width}\n")
-    with pytest.raises(SystemExit, match=r"params.yaml: train.width must be a whole number >= 1 .*got"):
+@pytest.mark.parametrize("key, value, minimum", [("width", 0, 1), ("width", 2.5, 1), ("width", True, 1),
+                                                 ("width", "wide", 1), ("context", -1, 0), ("context", 1.0, 0)])
+def test_bad_whole_number_is_one_clear_line(tmp_path, key, value, minimum):
+    (tmp_path / "params.yaml").write_text(f"model: unet\ntrain:\n  {key}: {value}\n")
+    with pytest.raises(SystemExit, match=rf"params.yaml: train.{key} must be a whole number >= {minimum} .*got"):
         load_params(tmp_path / "params.yaml")
 
 

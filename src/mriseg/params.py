@@ -30,12 +30,12 @@ def load_params(path="params.yaml"):
         value = params.get(section, {}).get(name)
         if value is not None and value not in allowed:
             raise SystemExit(f"{path}: {key} must be one of {allowed}, got {value!r}")
-    context = params.get("train", {}).get("context", 0)
-    if not isinstance(context, int) or isinstance(context, bool) or context < 0:
-        raise SystemExit(f"{path}: train.context must be a whole number >= 0 (neighbouring slices each side), "
-                         f"got {context!r}")
-    width = params.get("train", {}).get("width", 16)
-    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
-        raise SystemExit(f"{path}: train.width must be a whole number >= 1 (the UNet's first-stage channels), "
-                         f"got {width!r}")
+    whole_number(params, path, "context", 0, 0, "neighbouring slices each side")
+    whole_number(params, path, "width", 16, 1, "the UNet's first-stage channels")
     return params
+
+
+def whole_number(params, path, name, default, minimum, meaning):
+    value = params.get("train", {}).get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise SystemExit(f"{path}: train.{name} must be a whole number >= {minimum} ({meaning}), got {value!r}")

@@ -91,6 +91,28 @@ def test_augment_keeps_labels_and_shapes():
     assert (ya[xa[:, 0] > 0.75] == 0).float().mean() > 0.8
 
 
+def test_bias_field_scales_intensities_smoothly_and_leaves_geometry_alone():
+    # A uniform 256 x 256 slice, the size of an archive's: whatever the field does shows as it is.
+    x, y = torch.ones(16, 1, 256, 256), torch.zeros(16, 256, 256, dtype=torch.uint8)
+    plain_x, plain_y = augment(x, y, torch.Generator().manual_seed(0))
+    biased_x, biased_y = augment(x, y, torch.Generator().manual_seed(0), bias_field=0.5)
+    assert torch.equal(plain_y, biased_y)
+    log_field = torch.where(plain_x > 0.5, (biased_x / plain_x.clamp(min=1e-6)).log(), torch.nan)
+    values = log_field[~log_field.isnan()]
+    assert values.min() < -0.3 and values.max() > 0.3  # it does change intensities
+    assert values.abs().max() <= 1 + 1e-5  # never by more than e times
+    # Smooth: next to each other, two pixels get nearly the same factor (within 2 %).
+    step = (log_field[..., 1:] - log_field[..., :-1]).abs()
+    assert step[~step.isnan()].max() < 0.02
+
+
+@pytest.mark.parametrize("value", [-0.1, "strong", True, 9])
+def test_bad_bias_field_is_one_clear_line(tmp_path, value):
+    (tmp_path / "params.yaml").write_text(f"model: unet\ntrain:\n  bias_field: {value}\n")
+    with pytest.raises(SystemExit, match=r"params.yaml: train.bias_field must be a number from 0 to 5 .*got"):
+        load_params(tmp_path / "params.yaml")
+
+
 RESUME_SCRIPT = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {tests!r})

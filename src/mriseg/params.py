@@ -32,6 +32,10 @@ def load_params(path="params.yaml"):
             raise SystemExit(f"{path}: {key} must be one of {allowed}, got {value!r}")
     whole_number(params, path, "context", 0, 0, "neighbouring slices each side")
     whole_number(params, path, "width", 16, 1, "the UNet's first-stage channels")
+    bias = params.get("train", {}).get("bias_field", 0.0)
+    if not isinstance(bias, (int, float)) or isinstance(bias, bool) or not 0 <= bias < 5:
+        raise SystemExit(f"{path}: train.bias_field must be a number from 0 to 5 (strength of the augmentation's "
+                         f"intensity field; 0 = none), got {bias!r}")
     return params
 
 

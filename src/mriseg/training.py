@@ -65,8 +65,11 @@ def class_logits(logits, activation):
     return logp - torch.log1p(-logp.exp().clamp(max=1 - 1e-6))
 
 
-def augment(x, y, gen):
-    """Random left-right flip, rotation (+-10 deg), scale (+-10 %), gamma and gain jitter, per image."""
+def augment(x, y, gen, bias_field=0.0):
+    """Random left-right flip, rotation (+-10 deg), scale (+-10 %), gamma and gain jitter, per image; with
+    bias_field > 0 also a smooth multiplicative intensity field, exp of a cubic polynomial in the slice's
+    coordinates with coefficients in [-bias_field, bias_field] (MRI's coil inhomogeneity, drawn as
+    TorchIO's RandomBiasField draws it; its default strength is 0.5)."""
     n = x.shape[0]
     u = torch.rand(5, n, generator=gen) * 2 - 1  # drawn on the CPU generator: reproducible, resumable
     flip = torch.where(u[0] > 0, -1.0, 1.0)
@@ -81,7 +84,22 @@ def augment(x, y, gen):
     y = (y[:, 0] + 2).to(torch.uint8)
     gamma = torch.exp(0.2 * u[3]).to(x.device).view(n, 1, 1, 1)
     gain = (1 + 0.1 * u[4]).to(x.device).view(n, 1, 1, 1)
-    return x.clamp(min=0).pow(gamma) * gain, y
+    x = x.clamp(min=0).pow(gamma) * gain
+    if bias_field > 0:
+        x = x * smooth_field(n, x.shape[-2:], bias_field, gen).to(x.device, x.dtype)
+    return x, y
+
+
+def smooth_field(n, size, strength, gen, order=3):
+    """n random fields exp(sum c_ij * r^i * c^j), 0 < i + j <= order, over a slice of `size` (rows, cols).
+
+    No constant term: the field varies across the slice around 1 (the gain jitter scales it whole). The
+    exponent is clamped to [-1, 1], so that images filling their frame get no extreme corners."""
+    rows, cols = (torch.linspace(-1, 1, k) for k in size)
+    powers = [(i, j) for i in range(order + 1) for j in range(order + 1 - i) if i + j]
+    basis = torch.stack([rows[:, None] ** i * cols[None, :] ** j for i, j in powers])  # (terms, H, W)
+    coef = (torch.rand(n, len(powers), generator=gen) * 2 - 1) * strength
+    return torch.einsum("nt,thw->nhw", coef, basis).clamp(-1, 1).exp()[:, None]
 
 
 def to_device(x, device, channels_last=False):
@@ -202,7 +220,7 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
             idx = perm[i:i + bs]
             xb, yb = x_dev[idx], y_dev[idx]
             if cfg.get("augment"):
-                xb, yb = augment(xb, yb, gen)
+                xb, yb = augment(xb, yb, gen, cfg.get("bias_field", 0.0))
             with autocast(device, amp):
                 logits = step_model(xb).float()
             loss = compute_loss(loss_name, logits, yb)

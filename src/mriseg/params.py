@@ -30,16 +30,17 @@ def load_params(path="params.yaml"):
         value = params.get(section, {}).get(name)
         if value is not None and value not in allowed:
             raise SystemExit(f"{path}: {key} must be one of {allowed}, got {value!r}")
-    whole_number(params, path, "context", 0, 0, "neighbouring slices each side")
-    whole_number(params, path, "width", 16, 1, "the UNet's first-stage channels")
-    bias = params.get("train", {}).get("bias_field", 0.0)
-    if not isinstance(bias, (int, float)) or isinstance(bias, bool) or not 0 <= bias < 5:
-        raise SystemExit(f"{path}: train.bias_field must be a number from 0 to 5 (strength of the augmentation's "
-                         f"intensity field; 0 = none), got {bias!r}")
+    train_value(params, path, "context", 0, lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0",
+                "neighbouring slices each side")
+    train_value(params, path, "width", 16, lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1",
+                "the UNet's first-stage channels")
+    train_value(params, path, "bias_field", 0.0, lambda v: isinstance(v, (int, float)) and 0 <= v < 5,
+                "a number from 0 to 5", "strength of the augmentation's intensity field; 0 = none")
     return params
 
 
-def whole_number(params, path, name, default, minimum, meaning):
+def train_value(params, path, name, default, is_valid, requirement, meaning):
+    """One line naming the file and the key when train.<name> is not a value the pipeline can use."""
     value = params.get("train", {}).get(name, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise SystemExit(f"{path}: train.{name} must be a whole number >= {minimum} ({meaning}), got {value!r}")
+    if isinstance(value, bool) or not is_valid(value):  # YAML's true/false are ints to Python
+        raise SystemExit(f"{path}: train.{name} must be {requirement} ({meaning}), got {value!r}")

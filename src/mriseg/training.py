@@ -86,19 +86,20 @@ def augment(x, y, gen, bias_field=0.0):
     gain = (1 + 0.1 * u[4]).to(x.device).view(n, 1, 1, 1)
     x = x.clamp(min=0).pow(gamma) * gain
     if bias_field > 0:
-        x = x * smooth_field(n, x.shape[-2:], bias_field, gen).to(x.device, x.dtype)
+        x = x * smooth_field(n, x.shape[-2:], bias_field, gen, x.device).to(x.dtype)
     return x, y
 
 
-def smooth_field(n, size, strength, gen, order=3):
+def smooth_field(n, size, strength, gen, device, order=3):
     """n random fields exp(sum c_ij * r^i * c^j), 0 < i + j <= order, over a slice of `size` (rows, cols).
 
     No constant term: the field varies across the slice around 1 (the gain jitter scales it whole). The
     exponent is clamped to [-1, 1], so that images filling their frame get no extreme corners."""
-    rows, cols = (torch.linspace(-1, 1, k) for k in size)
+    rows, cols = (torch.linspace(-1, 1, k, device=device) for k in size)
     powers = [(i, j) for i in range(order + 1) for j in range(order + 1 - i) if i + j]
     basis = torch.stack([rows[:, None] ** i * cols[None, :] ** j for i, j in powers])  # (terms, H, W)
-    coef = (torch.rand(n, len(powers), generator=gen) * 2 - 1) * strength
+    # Drawn on the CPU generator like the other draws; the field itself is built where the batch is.
+    coef = ((torch.rand(n, len(powers), generator=gen) * 2 - 1) * strength).to(device)
     return torch.einsum("nt,thw->nhw", coef, basis).clamp(-1, 1).exp()[:, None]
 
 

@@ -131,3 +131,6 @@ def test_like_a_model_that_records_no_pixel_size(tmp_path):
         assert r.returncode == 0 and "records no pixel size" in r.stderr, r.stderr
         meta = archive_axis(tmp_path / "a.zip")
         assert meta["axis"] == "axial" and meta["pixel_size_mm"] == want
+        # Nothing to compare the pixel size with, so evaluate has no difference to note.
+        r = mriseg("evaluate", tmp_path / "a.zip", "--model", tmp_path / "tutorial_like.pt")
+        assert r.returncode == 0 and "differ" not in r.stderr, r.stderr

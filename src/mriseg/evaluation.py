@@ -21,9 +21,10 @@ def score(model, ckpt, x, y, batch_size, device):
 
 def mismatches(meta, ckpt):
     """How an archive's slices differ from those the model was trained on (axis, pixel size, normalisation),
-    for what the archive's MRIs/mriseg.json records (the tutorial's archives record nothing)."""
+    for what the archive's MRIs/mriseg.json records (the tutorial's archives record nothing). A model trained on
+    such an archive records no pixel size either: nothing to compare with."""
     return [f"{key} {meta[key]} (model: {ckpt.get(key)})" for key in ("axis", "pixel_size_mm", "normalization")
-            if key in meta and meta[key] != ckpt.get(key)]
+            if key in meta and ckpt.get(key) is not None and meta[key] != ckpt[key]]
 
 
 def load_archive(archive, context, log=print):

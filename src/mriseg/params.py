@@ -34,7 +34,7 @@ def load_params(path="params.yaml"):
                 "neighbouring slices each side")
     train_value(params, path, "width", 16, lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1",
                 "the UNet's first-stage channels")
-    train_value(params, path, "bias_field", 0.0, lambda v: isinstance(v, (int, float)) and 0 <= v < 5,
+    train_value(params, path, "bias_field", 0.0, lambda v: isinstance(v, (int, float)) and 0 <= v <= 5,
                 "a number from 0 to 5", "strength of the augmentation's intensity field; 0 = none")
     return params
 

@@ -157,7 +157,7 @@ class Predictor:
         slices = np.asarray(slices, dtype=np.float32)
         # Centre-padded to a multiple of 16, as make-archive pads training slices: the networks pool by up
         # to 16 and re-pad on the left/top (the tutorial's rule), so other sizes shift their feature maps
-        # (WM Dice 0.857 instead of 0.916 on IBSR_16's 215 x 215 coronal slices).
+        # (WM Dice 0.857 instead of 0.912 on IBSR_16's 215 x 215 coronal slices).
         h, w = slices.shape[1:]
         if h < 16 or w < 16:  # padding would make up the whole image
             raise ValueError(f"slices of {h} x {w} pixels are too small to segment (at least 16 x 16)")

@@ -1,7 +1,8 @@
 #!/bin/bash
 # The IBSR cross-validation as parallel processes sharing one GPU, one per (fold, network, recipe), POOL
 # at a time, whole folds first. One UNet run leaves an H100 or H200 mostly idle: 10 at a time ran
-# 5 folds x 2 networks x 2 recipes (30 epochs, every slice, batch 16, the default then) in about 8 minutes on an H200.
+# 5 folds x 2 networks x 2 recipes (30 epochs, every slice, batch 16, the default then) in about 8 minutes on an H200;
+# 5 folds x UNet x 2 recipes at the defaults of 2026-11-27 (width 32, batch 4) in 294 s there.
 #
 #   benchmarks/ibsr_parallel.sh ARCHIVE OUTDIR [POOL] [SECONDS] [JOBS]
 #

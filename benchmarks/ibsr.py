@@ -92,10 +92,10 @@ def run_one(rows, test_subjects, model, variant, cfg, args, meta, keep=None):
         net, _ = load_checkpoint(out, pick_device(args.device))
     xt, yt, _ = load_split(df, "test", context)
     s = score(net, ckpt, xt, yt, 32, pick_device(args.device))  # as the evaluate stage scores the test split
+    # Batch and width recorded: "mriseg" is params.yaml's recipe of the day.
     return {"iou": s["iou"], "dice_wm": s["dice_white_matter"], "dice_gm": s["dice_gray_matter"],
             "train_slices": len(x), "best_epoch": ckpt["best_epoch"], "minutes": seconds / 60, "epochs": cfg["epochs"],
             "batch_size": cfg["batch_size"], "width": cfg.get("width", 16) if model == "unet" else None}
-    # recorded: "mriseg" is params.yaml's recipe of the day
 
 
 def main():

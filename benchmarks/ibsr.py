@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from mriseg.archive import extract_archive
-from mriseg.data import archive_metadata, list_pairs, load_split
+from mriseg.data import SliceDataset, archive_metadata, list_pairs
 from mriseg.make_archive import make_archive
 from mriseg.evaluation import score
 from mriseg.models import load_checkpoint
@@ -81,20 +81,20 @@ def run_one(rows, test_subjects, model, variant, cfg, args, meta, keep=None):
     cfg = resolve_recipe({**cfg, "recipe": recipe, "epochs": args.epochs, "device": args.device,
                           "pretrained": args.pretrained, **overrides})
     context = cfg.get("context", 0)
-    x, y, _ = load_split(df, "train", context)
-    evals = {"val": load_split(df, "val", context)[:2]} if (df["split"] == "val").any() else {}
+    data = {split: SliceDataset(df, split, context) for split in ("train", "val", "test")}
+    evals = {"val": data["val"]} if len(data["val"]) else {}
     with tempfile.TemporaryDirectory() as tmp:
         out = keep or Path(tmp) / "m.pt"  # kept: for looking at the predictions later
         out.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        ckpt = train(cfg, model, (x, y), evals, out, Path(tmp) / "r.pt", extra=meta)
+        ckpt = train(cfg, model, data["train"], evals, out, Path(tmp) / "r.pt",
+                     extra={k: meta[k] for k in ("axis", "normalization", "pixel_size_mm")})
         seconds = time.perf_counter() - t0
         net, _ = load_checkpoint(out, pick_device(args.device))
-    xt, yt, _ = load_split(df, "test", context)
-    s = score(net, ckpt, xt, yt, 32, pick_device(args.device))  # as the evaluate stage scores the test split
+    s = score(net, ckpt, data["test"], 32, pick_device(args.device))  # as the evaluate stage scores the test split
     # Batch and width recorded: "mriseg" is params.yaml's recipe of the day.
     return {"iou": s["iou"], "dice_wm": s["dice_white_matter"], "dice_gm": s["dice_gray_matter"],
-            "train_slices": len(x), "best_epoch": ckpt["best_epoch"], "minutes": seconds / 60, "epochs": cfg["epochs"],
+            "train_slices": len(data["train"]), "best_epoch": ckpt["best_epoch"], "minutes": seconds / 60, "epochs": cfg["epochs"],
             "batch_size": cfg["batch_size"], "width": cfg.get("width", 16) if model == "unet" else None}
 
 

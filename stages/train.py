@@ -1,7 +1,7 @@
 """Stage train: data/manifest.csv -> models/model.pt, per-epoch curves in reports/train (DVCLive)."""
 import sys
 
-from mriseg.data import archive_metadata, load_split, read_manifest, usable_context
+from mriseg.data import SliceDataset, archive_metadata, data_id, read_manifest, usable_context
 from mriseg.models import PretrainedWeightsUnavailable
 from mriseg.params import load_params
 from mriseg.training import resolve_recipe, train
@@ -12,15 +12,15 @@ def main():
     manifest = read_manifest("data/manifest.csv")
     cfg = resolve_recipe(params["train"])
     context = cfg["context"] = usable_context(manifest, cfg.get("context", 0))
-    x, y, rows = load_split(manifest, "train", context)
-    evals = {s: load_split(manifest, s, context)[:2] for s in ("val", "test")}
+    data = {split: SliceDataset(manifest, split, context) for split in ("train", "val", "test")}
     meta = archive_metadata("data/MRIs")
-    print(f"train {len(x)} slices {tuple(x.shape[2:])}, val {len(evals['val'][0])}, test {len(evals['test'][0])}; "
-          f"model {params['model']}, {x.shape[1]} input channel(s)")
+    print(f"train {len(data['train'])} slices {data['train'].frame}, val {len(data['val'])}, "
+          f"test {len(data['test'])} ({meta['layout']}); model {params['model']}, {2 * context + 1} input channel(s)")
     try:
-        train(cfg, params["model"], (x, y), evals, "models/model.pt", "models/resume.pt",
-              live_dir="reports/train", eval_batch_size=params["train"]["eval_batch_size"],
-              extra={**meta, "input_size": list(x.shape[2:])})
+        train(cfg, params["model"], data["train"], {"val": data["val"], "test": data["test"]}, "models/model.pt",
+              "models/resume.pt", live_dir="reports/train", eval_batch_size=params["train"]["eval_batch_size"],
+              extra={k: meta[k] for k in ("axis", "normalization", "pixel_size_mm")},
+              data_id=data_id("data/manifest.csv", "data/MRIs"))
     except PretrainedWeightsUnavailable as e:
         sys.exit(f"train: error: {e}")
 

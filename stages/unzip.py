@@ -1,17 +1,27 @@
-"""Stage unzip: data/archive.zip -> data/MRIs/{MRIs,Segmentations} (validated pairs)."""
+"""Stage unzip: data/archive.zip -> data/MRIs, validated: the tutorial's slice pairs, or a cohort of labelled
+volumes preprocessed once into memory-mappable arrays (mriseg.cohort)."""
 import sys
 
 from mriseg.archive import ArchiveError, extract_archive
+from mriseg.cohort import holds_volumes, prepare_cohort
+from mriseg.make_archive import SourceError
 from mriseg.params import load_params
 
 
 def main():
     data = load_params()["data"]
     try:
-        n = extract_archive("data/archive.zip", "data/MRIs", max_extracted_mb=data["max_extracted_mb"])
-    except ArchiveError as e:
+        if holds_volumes("data/archive.zip"):
+            n_subjects, n_slices = prepare_cohort(
+                "data/archive.zip", "data/MRIs", labels=str(data["labels"]), axis=data["axis"],
+                pixel_size=data["pixel_size"], min_tissue=data["min_tissue"], max_volume_mb=data["max_volume_mb"],
+                max_extracted_mb=data["max_extracted_mb"])
+            print(f"preprocessed {n_subjects} subjects ({n_slices} slices with tissue) -> data/MRIs")
+        else:
+            print(f"extracted {extract_archive('data/archive.zip', 'data/MRIs', data['max_extracted_mb'])} "
+                  "image/mask pairs -> data/MRIs")
+    except (ArchiveError, SourceError) as e:
         sys.exit(f"unzip: error: {e}")
-    print(f"extracted {n} image/mask pairs -> data/MRIs")
 
 
 if __name__ == "__main__":

@@ -103,8 +103,55 @@ def checkpoint(tmp_path_factory):
     import test_training
 
     tmp = tmp_path_factory.mktemp("ckpt")
-    ckpt = test_training.train({**test_training.CFG, "epochs": 8}, "unet", test_training.TRAIN,
-                               {"test": test_training.TEST}, tmp / "model.pt", tmp / "resume.pt",
+    ckpt = test_training.train({**test_training.CFG, "epochs": 8}, "unet", test_training.dataset(test_training.TRAIN),
+                               {"test": test_training.dataset(test_training.TEST)}, tmp / "model.pt", tmp / "resume.pt",
                                extra={"axis": "axial", "normalization": NORM, "pixel_size_mm": [1.0, 1.0]})
     assert ckpt["history"][-1]["test_dice_white_matter"] > 0.8
     return tmp / "model.pt"
+
+
+def synthetic_volume(rng, shape=(40, 44, 36), zooms=(1.0, 1.0, 1.0)):
+    """A toy labelled head (IBSR's labels: 0 background, 1 CSF, 2 gray matter, 3 white matter): an
+    ellipsoid of white matter in a bumpy shell of gray matter and a rim of CSF; a T1-like int16 image."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    centre = rng.uniform(-0.08, 0.08, 3)[:, None, None, None]
+    radius = rng.uniform(0.62, 0.78, 3)[:, None, None, None]
+    r = np.sqrt((((grid - centre) / radius) ** 2).sum(0))
+    bumps = 0.06 * np.sin(6 * grid[0] + rng.uniform(0, 6)) * np.cos(5 * grid[1] + rng.uniform(0, 6))
+    labels = np.zeros(shape, np.uint8)
+    labels[r < 1.0] = 1
+    labels[r < 0.9 + bumps] = 2
+    labels[r < 0.6 + bumps] = 3
+    image = np.choose(labels, [0.0, 40.0, 110.0, 170.0]) + rng.normal(0, 6, shape) * (labels > 0)
+    affine = np.diag([*zooms, 1.0])
+    return np.clip(image, 0, None).astype(np.int16), labels, affine
+
+
+def cohort_zip(path, subjects=("s01", "s02", "s03", "s04"), seed=0, folders=True, shape=(40, 44, 36),
+               zooms=(1.0, 1.0, 1.0), extra=None):
+    """A zip of labelled NIfTI volumes laid out as IBSR is published: <subject>/<subject>.nii.gz and
+    <subject>/<subject>_seg.nii.gz (flat without folders); extra: {name: bytes} added as they are."""
+    import zipfile
+
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+
+    def gz(array, affine):
+        return nifti_gz_bytes(nib.Nifti1Image(array, affine))
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for s in subjects:
+            image, labels, affine = synthetic_volume(rng, shape, zooms)
+            folder = f"{s}/" if folders else ""
+            zf.writestr(f"{folder}{s}.nii.gz", gz(image, affine))
+            zf.writestr(f"{folder}{s}_seg.nii.gz", gz(labels, affine))
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return path
+
+
+def nifti_gz_bytes(img):
+    import gzip
+
+    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from conftest import ROOT, SHARED_IBSR
-from mriseg.data import load_split
+from mriseg.data import SliceDataset
 from mriseg.make_archive import load_labels, make_archive
 from mriseg.models import load_checkpoint
 from test_make_archive import ibsr_folder
@@ -34,15 +34,18 @@ def test_thinned_training_slices_keep_their_real_neighbours(tmp_path):
             image, mask = tmp_path / f"sub-{subject}_slice-{z}_{8 * s + z}.npy", tmp_path / f"m{8 * s + z}.npy"
             np.save(image, np.full((2, 3), 10 * s + z, np.float32))
             np.save(mask, np.zeros((2, 3), np.uint8))
-            rows.append({"image": str(image), "mask": str(mask), "ix": str(8 * s + z), "subject": subject, "slice": z})
+            rows.append({"image": str(image), "mask": str(mask), "ix": str(8 * s + z), "subject": subject, "slice": z,
+                         "z": -1})
     df = load_benchmark().fold_manifest(rows, ["C"], n_val=1, train_stride=2)
     assert df.groupby("split")["subject"].agg(lambda s: "".join(sorted(set(s)))).to_dict() == {
         "test": "C", "val": "A", "train": "B", "unused": "B"}
-    x, _, kept = load_split(df, "train", context=1)
-    assert list(kept["slice"]) == [0, 2, 4, 6]
+    train = SliceDataset(df, "train", context=1)
+    assert list(train.rows["slice"]) == [0, 2, 4, 6]
     # Odd slices are not trained on, but still lend their pixels as neighbours (as at test time).
-    assert x[:, :, 0, 0].tolist() == [[10, 10, 11], [11, 12, 13], [13, 14, 15], [15, 16, 17]]
-    assert len(load_split(df, "test", context=1)[0]) == 8
+    top, left = 7, 6  # 2 x 3 slices centred in 16 x 16
+    assert [train[i][0][:, top, left].tolist() for i in range(4)] == [[10, 10, 11], [11, 12, 13], [13, 14, 15],
+                                                                      [15, 16, 17]]
+    assert len(SliceDataset(df, "test", context=1)) == 8
 
 
 def four_subject_archive(tmp_path, pixel_size=1.0):

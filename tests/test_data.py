@@ -5,13 +5,19 @@ import pytest
 import torch
 
 from mriseg.archive import extract_archive
-from mriseg.data import list_pairs, load_split, make_split, read_manifest, usable_context, write_manifest
+from mriseg.data import SliceDataset, list_pairs, make_split, read_manifest, usable_context, write_manifest
 from conftest import make_tiny_archive
 
 
 def rows_for(names):
     return [{"image": f"d/MRIs/{n}.npy", "mask": f"d/Segmentations/segm_{n.rsplit('_', 1)[1]}.npy",
-             "ix": n.rsplit("_", 1)[1], "subject": "", "slice": -1} for n in names]
+             "ix": n.rsplit("_", 1)[1], "subject": "", "slice": -1, "z": -1} for n in names]
+
+
+def stacked(dataset):
+    """Every item of a dataset, stacked: (images [N,C,H,W], masks [N,H,W])."""
+    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
+    return torch.stack(xs), torch.stack(ys)
 
 
 def test_split_is_deterministic_and_independent_of_listing_order():
@@ -58,19 +64,27 @@ def test_subject_split_refused_without_subjects():
         make_split(rows_for(["a_1", "a_2", "a_3"]), by="subject", test_size=1)
 
 
-def test_manifest_round_trip_and_load_pads_mixed_sizes(tmp_path):
+def test_manifest_round_trip_and_slices_padded_as_prediction_pads(tmp_path):
+    """Each slice is centred in the next multiple of 16 (as `mriseg predict` pads), then placed at the top left
+    of the split's frame, masks padded with background: one rule, one shape per split."""
     extract_archive(make_tiny_archive(tmp_path / "t.zip", n=6, h=30, w=20), tmp_path / "MRIs")
-    big = np.zeros((34, 22), np.float32)
+    big = np.arange(34 * 22, dtype=np.float32).reshape(34, 22)
     np.save(tmp_path / "MRIs" / "MRIs" / "img_0.npy", big)
     np.save(tmp_path / "MRIs" / "Segmentations" / "segm_0.npy", np.zeros((34, 22), np.uint8))
     df = make_split(list_pairs(tmp_path / "MRIs"), test_size=2, seed=0)
     write_manifest(df, tmp_path / "manifest.csv")
     back = read_manifest(tmp_path / "manifest.csv")
     assert back.equals(df)
-    x, y, rows = load_split(back, "train")
-    x_all, _, _ = load_split(back.assign(split="train"), "train")
-    assert x_all.shape[2:] == (34, 22)
-    assert x.dtype.is_floating_point and str(y.dtype) == "torch.uint8"
+    x, y = stacked(SliceDataset(back, "train"))
+    assert x.dtype == torch.float32 and y.dtype == torch.uint8 and x.shape[1] == 1
+    assert x.shape[2] % 16 == 0 and x.shape[3] % 16 == 0
+    everything = SliceDataset(back.assign(split="train"), "train")
+    assert everything.frame == (48, 32)
+    x0, y0 = everything[0]
+    assert torch.equal(x0[0, 7:41, 5:27], torch.from_numpy(big)) and x0.sum() == big.sum()
+    assert (y0[7:41, 5:27] == 0).all() and (y0 == 2).sum() == 48 * 32 - 34 * 22
+    x1 = everything[1][0][0]  # a 30 x 20 slice: centred in 32 x 32, then the frame's rows below it
+    assert (x1[32:] == 0).all() and (x1[1:31, 6:26] > 0).any() and x1[0].sum() == 0
 
 
 def subject_manifest(tmp_path, slices, split_of=lambda z: "train"):
@@ -83,7 +97,7 @@ def subject_manifest(tmp_path, slices, split_of=lambda z: "train"):
         mask = tmp_path / "Segmentations" / f"segm_{z}.npy"
         np.save(image, np.full((4, 6), z, np.float32))
         np.save(mask, np.full((4, 6), z % 3, np.uint8))
-        rows.append({"image": str(image), "mask": str(mask), "ix": str(z), "subject": "A", "slice": z,
+        rows.append({"image": str(image), "mask": str(mask), "ix": str(z), "subject": "A", "slice": z, "z": -1,
                      "split": split_of(z)})
     import pandas as pd
 
@@ -93,21 +107,39 @@ def subject_manifest(tmp_path, slices, split_of=lambda z: "train"):
 def test_context_gives_each_slice_its_neighbours_as_channels(tmp_path):
     # Slices 5 and 6 were not kept (too little tissue): 4 and 7 repeat themselves in their place.
     df = subject_manifest(tmp_path, [1, 2, 3, 4, 7, 8], split_of=lambda z: "test" if z == 3 else "train")
-    x, y, rows = load_split(df, "train", context=1)
-    assert x.shape == (5, 3, 4, 6) and list(rows["slice"]) == [1, 2, 4, 7, 8]
-    assert x[:, :, 0, 0].tolist() == [[1, 1, 2], [1, 2, 3], [3, 4, 4], [7, 7, 8], [7, 8, 8]]
-    assert y[:, 0, 0].tolist() == [1, 2, 1, 1, 2]  # labels stay the centre slice's own
-    x2, _, _ = load_split(df, "train", context=2)
-    assert x2[1, :, 0, 0].tolist() == [2, 1, 2, 3, 4]
-    assert torch.equal(load_split(df, "train")[0][:, 0], x[:, 1])
+    data = SliceDataset(df, "train", context=1)
+    x, y = stacked(data)
+    assert x.shape == (5, 3, 16, 16) and list(data.rows["slice"]) == [1, 2, 4, 7, 8]
+    assert x[:, :, 6, 5].tolist() == [[1, 1, 2], [1, 2, 3], [3, 4, 4], [7, 7, 8], [7, 8, 8]]
+    assert y[:, 6, 5].tolist() == [1, 2, 1, 1, 2]  # labels stay the centre slice's own
+    x2, _ = stacked(SliceDataset(df, "train", context=2))
+    assert x2[1, :, 6, 5].tolist() == [2, 1, 2, 3, 4]
+    assert torch.equal(stacked(SliceDataset(df, "train"))[0][:, 0], x[:, 1])
 
 
-def test_context_needs_subject_and_slice_names(tmp_path):
+def test_cohort_slices_read_their_volume_rows_and_real_neighbours(tmp_path):
+    """A cohort's slice is a row of its memory-mapped volume; its neighbours are the volume's own rows, also
+    those not trained on (too little tissue); past the ends the slice stands in for itself."""
+    import pandas as pd
+
+    volume = np.stack([np.full((20, 18), z, np.float32) for z in range(6)])
+    np.save(tmp_path / "A.image.npy", volume)
+    np.save(tmp_path / "A.labels.npy", (np.arange(6)[:, None, None] % 3 * np.ones((6, 20, 18))).astype(np.uint8))
+    df = pd.DataFrame([{"image": str(tmp_path / "A.image.npy"), "mask": str(tmp_path / "A.labels.npy"),
+                        "ix": f"A:{z}", "subject": "A", "slice": z, "z": z, "split": "train"} for z in (0, 2, 5)])
+    data = SliceDataset(df, "train", context=1)
+    x, y = stacked(data)
+    assert data.frame == (32, 32) and x.shape == (3, 3, 32, 32)
+    assert x[:, :, 6, 7].tolist() == [[0, 0, 1], [1, 2, 3], [4, 5, 5]] and y[:, 6, 7].tolist() == [0, 2, 2]
+    assert isinstance(data._array(str(tmp_path / "A.image.npy")), np.memmap)
+
+
+def test_archives_without_subject_names_stand_in_for_their_neighbours(tmp_path):
     extract_archive(make_tiny_archive(tmp_path / "t.zip", n=6), tmp_path / "MRIs")
     df = make_split(list_pairs(tmp_path / "MRIs"), test_size=2, seed=0)
-    with pytest.raises(SystemExit, match="train.context=1 needs each slice's neighbours"):
-        load_split(df, "train", context=1)
-    # The train stage falls back to single slices for such archives (the tutorial's), and says so.
+    x, _ = stacked(SliceDataset(df, "train", context=1))
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 2], x[:, 1])
+    # The train stage trains such archives (the tutorial's) on single slices, and says so.
     said = []
     assert usable_context(df, 1, said.append) == 0 and "training on single slices" in said[0]
     assert usable_context(subject_manifest(tmp_path / "s", [1, 2]), 2, said.append) == 2 and len(said) == 1

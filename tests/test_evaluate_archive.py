@@ -8,7 +8,7 @@ from conftest import NORM, mriseg, synthetic_pair
 from mriseg.archive import write_archive
 from mriseg.evaluation import score
 from mriseg.models import load_checkpoint
-from mriseg.volumes import with_context
+from mriseg.volumes import pad_slices, with_context
 
 
 def subject_archive(path, subjects=("a", "b"), n=10, seed=5, metadata=None, named=True):
@@ -35,13 +35,14 @@ def test_scores_overall_and_per_subject_like_the_evaluate_stage(checkpoint, tmp_
     assert sorted(result["subjects"]) == ["a", "b"]
     assert [result["subjects"][s]["slices"] for s in "ab"] == [10, 10] and result["overall"]["slices"] == 20
 
-    # The same numbers as the evaluate stage's scoring of these slices, in the archive's order.
+    # The same numbers as the evaluate stage's scoring of these slices, in the archive's order, padded as
+    # training and prediction pad them (centred in a multiple of 16; masks with background).
     model, ckpt = load_checkpoint(checkpoint)
-    x = torch.from_numpy(np.stack([p[1] for p in pairs]))[:, None]
-    y = torch.from_numpy(np.stack([p[2] for p in pairs]))
+    x = torch.from_numpy(pad_slices(np.stack([p[1] for p in pairs])))[:, None]
+    y = torch.from_numpy(pad_slices(np.stack([p[2] for p in pairs]), fill=2))
     for part, sl in (("overall", slice(0, 20)), ("a", slice(0, 10)), ("b", slice(10, 20))):
         got = result["overall"] if part == "overall" else result["subjects"][part]
-        want = score(model, ckpt, x[sl], y[sl], 8, torch.device("cpu"))
+        want = score(model, ckpt, torch.utils.data.TensorDataset(x[sl], y[sl]), 8, torch.device("cpu"))
         for key, value in want.items():
             assert abs(got[key] - value) < 1e-6, (part, key, got[key], value)
     assert result["overall"]["dice_white_matter"] > 0.8
@@ -54,7 +55,8 @@ def test_context_model_reads_neighbours_from_the_names(tmp_path):
 
     x, y = test_training.TRAIN
     stack = lambda t: torch.from_numpy(with_context(t[:, 0].numpy(), 1))
-    test_training.train({**test_training.CFG, "epochs": 6, "context": 1}, "unet", (stack(x), y), {},
+    test_training.train({**test_training.CFG, "epochs": 6, "context": 1}, "unet",
+                        torch.utils.data.TensorDataset(stack(x), y), {},
                         tmp_path / "model.pt", tmp_path / "resume.pt",
                         extra={"axis": "axial", "normalization": NORM, "pixel_size_mm": [1.0, 1.0]})
     pairs = subject_archive(tmp_path / "named.zip", n=6)
@@ -63,8 +65,10 @@ def test_context_model_reads_neighbours_from_the_names(tmp_path):
     model, ckpt = load_checkpoint(tmp_path / "model.pt")
     images = np.stack([p[1] for p in pairs])
     # Each subject is its own volume: neighbours never cross from subject a to b.
-    xs = torch.from_numpy(np.concatenate([with_context(images[:6], 1), with_context(images[6:], 1)]))
-    want = score(model, ckpt, xs, torch.from_numpy(np.stack([p[2] for p in pairs])), 32, torch.device("cpu"))
+    xs = torch.from_numpy(pad_slices(np.concatenate([with_context(images[:6], 1), with_context(images[6:], 1)])))
+    masks = torch.from_numpy(pad_slices(np.stack([p[2] for p in pairs]), fill=2))
+    want = score(model, ckpt, torch.utils.data.TensorDataset(xs, masks),
+                 32, torch.device("cpu"))
     got = json.loads((tmp_path / "s.json").read_text())["overall"]
     assert abs(got["iou"] - want["iou"]) < 1e-6 and abs(got["loss"] - want["loss"]) < 1e-6
 

@@ -10,7 +10,7 @@ import zipfile
 import pandas as pd
 import pytest
 
-from conftest import make_project, make_tiny_archive, run, set_params
+from conftest import cohort_zip, make_project, make_tiny_archive, run, set_params
 
 STAGES = ("fetch", "unzip", "split", "train", "evaluate")
 
@@ -106,3 +106,51 @@ def test_killed_dvc_train_resumes(project):
     assert list(steps) == list(range(1, 41)), "the resumed curve continues without gaps or repeats"
     assert not resume.exists()
     run("git checkout -q params.yaml", project)
+
+
+@pytest.fixture(scope="module")
+def cohort_project(tmp_path_factory):
+    """The pipeline on a zip of labelled volumes, a folder per subject as IBSR is published."""
+    tmp = tmp_path_factory.mktemp("cohort")
+    archive = cohort_zip(tmp / "cohort.zip", subjects=[f"s{i:02d}" for i in range(5)])
+    proj = make_project(tmp / "proj", {"data.archive": str(archive), "data.min_tissue": 10, "train.epochs": 3,
+                                       "split.test_size": 2, "evaluate.num_examples": 3})
+    out = run(["dvc", "repro"], proj).stdout
+    assert ran(out) == set(STAGES) and "preprocessed 5 subjects" in out
+    return proj, archive
+
+
+def test_cohort_of_volumes_trains_and_is_scored_per_subject_in_3d(cohort_project):
+    project, _ = cohort_project
+    meta = json.loads((project / "data" / "MRIs" / "mriseg.json").read_text())
+    assert meta["layout"] == "volumes" and sorted(meta["subjects"]) == [f"s{i:02d}" for i in range(5)]
+    manifest = pd.read_csv(project / "data" / "manifest.csv")
+    assert (manifest.groupby("subject")["split"].nunique() == 1).all()  # no subject on two sides
+    subjects = pd.read_csv(project / "reports" / "subjects.csv")
+    assert sorted(subjects["subject"]) == sorted(set(manifest.loc[manifest["split"] == "test", "subject"]))
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert metrics["test_subjects"] == 2 and 0 <= metrics["iou"] <= 1
+    for key in ("dice_white_matter", "dice_gray_matter", "volume_error_white_matter"):
+        assert metrics["per_subject"][key]["mean"] == pytest.approx(subjects[key].mean(), abs=1e-5)
+        assert metrics["per_subject"][key]["sd"] == pytest.approx(subjects[key].std(), abs=1e-5)
+    assert (subjects["manual_white_matter_ml"] > 0).all()
+    assert ran(run(["dvc", "repro"], project).stdout) == set()
+
+
+def test_evaluate_stage_and_predict_give_a_volume_the_same_dice(cohort_project, tmp_path):
+    """A test subject scored by the evaluate stage (from the preprocessed cohort) and by `mriseg predict
+    --labels` (from the original NIfTI files in the zip): the same prediction on the same grid."""
+    project, archive = cohort_project
+    subjects = pd.read_csv(project / "reports" / "subjects.csv")
+    subject = subjects["subject"][0]
+    with zipfile.ZipFile(archive) as zf:
+        for name in (f"{subject}.nii.gz", f"{subject}_seg.nii.gz"):
+            (tmp_path / name).write_bytes(zf.read(f"{subject}/{name}"))
+    r = subprocess.run([sys.executable, "-m", "mriseg", "predict", "--model", project / "models" / "model.pt",
+                        "--out", tmp_path / "out", "--labels", "ibsr", "--device", "cpu", tmp_path / f"{subject}.nii.gz"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    predicted = pd.read_csv(tmp_path / "out" / "volumes.csv").iloc[0]
+    for tissue in ("white_matter", "gray_matter"):
+        assert predicted[f"dice_{tissue}"] == pytest.approx(subjects[f"dice_{tissue}"][0], abs=1e-6)
+        assert predicted[f"{tissue}_ml"] == pytest.approx(subjects[f"{tissue}_ml"][0], rel=1e-6)

@@ -180,8 +180,9 @@ def test_context_model_segments_volumes_and_lone_slices(tmp_path):
     x, y = test_training.TRAIN
     xt, yt = test_training.TEST
     stack = lambda t: torch.from_numpy(with_context(t[:, 0].numpy(), 1))
-    ckpt = test_training.train({**test_training.CFG, "epochs": 14, "context": 1}, "unet", (stack(x), y),
-                               {"test": (stack(xt), yt)}, tmp_path / "model.pt", tmp_path / "resume.pt",
+    ckpt = test_training.train({**test_training.CFG, "epochs": 14, "context": 1}, "unet",
+                               test_training.dataset((stack(x), y)), {"test": test_training.dataset((stack(xt), yt))},
+                               tmp_path / "model.pt", tmp_path / "resume.pt",
                                extra={"axis": "axial", "normalization": NORM, "pixel_size_mm": [1.0, 1.0]})
     assert ckpt["context"] == 1 and ckpt["state_dict"]["stem.0.0.weight"].shape[1] == 3
     assert ckpt["history"][-1]["test_dice_white_matter"] > 0.8

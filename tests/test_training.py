@@ -12,7 +12,7 @@ import torch
 
 from mriseg.models import FlipAveraged, UNet, load_checkpoint
 from mriseg.params import load_params
-from mriseg.training import augment, compute_loss, evaluate, train
+from mriseg.training import Feed, augment, compute_loss, evaluate, train
 from conftest import synthetic_pair
 
 CFG = {"epochs": 4, "batch_size": 8, "lr": 3e-3, "pretrained": False, "stem_init": "random", "loss": "bce",
@@ -29,12 +29,24 @@ def tensors(n, seed, h=48, w=40):
 
 
 TRAIN, TEST = tensors(24, 0), tensors(8, 1)
+dataset = lambda tensors: torch.utils.data.TensorDataset(*tensors)
+CPU = torch.device("cpu")
 
 
 def run_train(tmp_path, name="run", model="unet", **over):
     cfg = {**CFG, **over}
-    return train(cfg, model, TRAIN, {"test": TEST}, tmp_path / f"{name}.pt", tmp_path / f"{name}.resume.pt",
+    return train(cfg, model, dataset(TRAIN), {"test": dataset(TEST)}, tmp_path / f"{name}.pt",
+                 tmp_path / f"{name}.resume.pt",
                  extra={"axis": "axial", "normalization": {"method": "percentile", "low": 0.5, "high": 99.5}})
+
+
+def test_streamed_cached_and_worker_fed_training_are_the_same(tmp_path):
+    """The split held on the device (train.device_cache_gb), streamed on the main process, or streamed by
+    DataLoader worker processes: the same batches, so the same metrics to the last digit."""
+    cached = metrics_only(run_train(tmp_path, "cached", epochs=2, augment=True, device_cache_gb=1)["history"])
+    streamed = metrics_only(run_train(tmp_path, "streamed", epochs=2, augment=True, device_cache_gb=0)["history"])
+    workers = metrics_only(run_train(tmp_path, "workers", epochs=2, augment=True, workers=2)["history"])
+    assert cached == streamed == workers
 
 
 def test_training_learns_and_writes_a_safe_checkpoint(tmp_path):
@@ -161,7 +173,8 @@ def test_checkpoint_rebuilds_the_trained_width(tmp_path):
     model, meta = load_checkpoint(tmp_path / "w8.pt")
     assert meta["width"] == 8 and model.stem[0][0].out_channels == 8
     assert ckpt["history"][-1]["test_iou"] == pytest.approx(
-        evaluate(model, *TEST, 32, torch.device("cpu"), True, meta["loss"], meta["activation"], True)["iou"], abs=1e-6)
+        evaluate(model, Feed(dataset(TEST), 32, CPU, channels_last=True), CPU, True, meta["loss"],
+                 meta["activation"])["iou"], abs=1e-6)
 
 
 @pytest.mark.parametrize("key, value, minimum", [("width", 0, 1), ("width", 2.5, 1), ("width", True, 1),
@@ -176,7 +189,7 @@ def test_flip_tta_checkpoint_predicts_as_its_epochs_were_scored(tmp_path):
     ckpt = run_train(tmp_path, "tta", epochs=2, loss="dice_ce", augment=True, flip_tta=True)
     model, meta = load_checkpoint(tmp_path / "tta.pt")
     assert meta["flip_tta"] is True and isinstance(model, FlipAveraged)
-    r = evaluate(model, *TEST, 32, torch.device("cpu"), True, meta["loss"], meta["activation"], channels_last=True)
+    r = evaluate(model, Feed(dataset(TEST), 32, CPU, channels_last=True), CPU, True, meta["loss"], meta["activation"])
     assert r["iou"] == pytest.approx(ckpt["history"][-1]["test_iou"], abs=1e-6)
     assert r["loss"] == pytest.approx(ckpt["history"][-1]["test_loss"], abs=1e-5)
 

@@ -11,6 +11,7 @@ mask or a mask without an image, and arrays that are not plain 2-D `.npy` of the
 Ignored (never extracted): macOS metadata (`__MACOSX/`, `._*`, `.DS_Store`), directories, and any
 file outside MRIs/MRIs and MRIs/Segmentations or not ending in `.npy`.
 """
+import hashlib
 import io
 import json
 import shutil
@@ -46,7 +47,7 @@ def slice_index(image_name):
 
 def npy_bytes(array):
     buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
+    np.save(buf, np.asarray(array), allow_pickle=False)
     return buf.getvalue()
 
 
@@ -180,6 +181,7 @@ def extract_archive(archive, dest, max_extracted_mb=MAX_EXTRACTED_MB):
         try:
             (tmp / "MRIs").mkdir()
             (tmp / "Segmentations").mkdir()
+            hashes = {}  # sha256 of every file written: the training resume fingerprint reads files.json
             for name in sorted(images):
                 m = mask_name(name)
                 image = check_image(load_npy(_read(zf, images[name], archive), f"{archive}: {IMAGE_DIR}/{name}"),
@@ -189,10 +191,13 @@ def extract_archive(archive, dest, max_extracted_mb=MAX_EXTRACTED_MB):
                 if image.shape != mask.shape:
                     raise ArchiveError(f"{archive}: {IMAGE_DIR}/{name} has shape {image.shape} "
                                        f"but its mask {m} has {mask.shape}")
-                np.save(tmp / "MRIs" / name, image, allow_pickle=False)
-                np.save(tmp / "Segmentations" / m, mask, allow_pickle=False)
+                for path, array in ((f"MRIs/{name}", image), (f"Segmentations/{m}", mask)):
+                    data = npy_bytes(array)
+                    (tmp / path).write_bytes(data)
+                    hashes[path] = hashlib.sha256(data).hexdigest()
             if metadata is not None:
                 (tmp / "mriseg.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+            (tmp / "files.json").write_text(json.dumps(hashes, indent=1, sort_keys=True) + "\n")
             replace_dir(tmp, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

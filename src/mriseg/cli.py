@@ -57,12 +57,14 @@ def evaluate_command(args):
     from .archive import ArchiveError
     from .evaluation import evaluate_archive, format_table
     from .io import write_json
+    from .make_archive import SourceError
     from .models import CheckpointError
 
     log = lambda m: print(m, file=sys.stderr)
     try:
-        result = evaluate_archive(args.model, args.archive, device=args.device, batch_size=args.batch_size, log=log)
-    except (CheckpointError, ArchiveError) as e:
+        result = evaluate_archive(args.model, args.archive, device=args.device, batch_size=args.batch_size,
+                                  labels=args.labels, log=log)
+    except (CheckpointError, ArchiveError, SourceError) as e:
         print(f"evaluate: error: {e}", file=sys.stderr)
         return 2
     print(format_table(result))
@@ -92,9 +94,11 @@ def main(argv=None):
                    "adds manual ml and Dice per tissue to volumes.csv")
     p.set_defaults(func=predict_command)
 
-    e = sub.add_parser("evaluate", help="score a model on every slice of an archive (e.g. subjects it never saw): "
+    e = sub.add_parser("evaluate", help="score a model on every subject of an archive (e.g. subjects it never saw): "
                        "the evaluate stage's IoU and Dice, overall and per subject")
-    e.add_argument("archive", help="a zip in the tutorial's layout, such as one made by make-archive")
+    e.add_argument("archive", help="a zip of labelled volumes (scored per subject in 3-D), or of slices in the "
+                   "tutorial's layout, such as one made by make-archive")
+    e.add_argument("--labels", default="ibsr", help="label preset or map of a zip of volumes (as data.labels)")
     e.add_argument("--model", default="models/model.pt", help="checkpoint written by the train stage")
     e.add_argument("--out", help="also write the scores to this JSON file")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -1,6 +1,8 @@
-"""Pairs on disk, the split manifest, and whole splits loaded into memory as tensors."""
+"""Pairs on disk, the split manifest, and the slices of a split streamed from disk as a torch Dataset."""
+import hashlib
 import json
 import re
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +11,12 @@ import torch
 
 from .archive import mask_name, slice_index
 from .io import atomic_path
-from .volumes import NORMALIZATION, with_context
+from .volumes import NORMALIZATION, pad_margins, pad_slices
 
 # Archives made by `mriseg make-archive` name images sub-<subject>_slice-<n>_<ix>.npy.
 SUBJECT_NAME = re.compile(r"^sub-(?P<subject>.+)_slice-(?P<slice>\d+)_[^_]+$")
-MANIFEST_COLUMNS = ["image", "mask", "ix", "subject", "slice", "split"]
+# z: the slice's row in a cohort's (slices, rows, cols) volume file; -1 for a one-slice .npy file.
+MANIFEST_COLUMNS = ["image", "mask", "ix", "subject", "slice", "z", "split"]
 
 
 def natural_key(text):
@@ -21,14 +24,24 @@ def natural_key(text):
 
 
 def list_pairs(root):
-    """(image, mask, ix, subject, slice) for every pair in an extracted archive, in a fixed order."""
+    """(image, mask, ix, subject, slice, z) for every training slice of an unzipped archive, in a fixed order:
+    the pairs of a slice archive, or the kept slices of each subject of a cohort (cohort.py)."""
     root = Path(root)
+    meta_path = root / "mriseg.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if meta.get("layout") == "volumes":
+        rows = []
+        for subject in sorted(meta["subjects"], key=natural_key):
+            base = (root / "volumes" / subject).as_posix()
+            rows += [{"image": f"{base}.image.npy", "mask": f"{base}.labels.npy", "ix": f"{subject}:{z}",
+                      "subject": subject, "slice": z, "z": z} for z in meta["subjects"][subject]["kept"]]
+        return rows
     rows = []
     for image in (root / "MRIs").glob("*.npy"):
         m = SUBJECT_NAME.match(image.stem)
         rows.append({"image": image.as_posix(), "mask": (root / "Segmentations" / mask_name(image.name)).as_posix(),
                      "ix": slice_index(image.name),
-                     "subject": m["subject"] if m else "", "slice": int(m["slice"]) if m else -1})
+                     "subject": m["subject"] if m else "", "slice": int(m["slice"]) if m else -1, "z": -1})
     if not rows:
         raise SystemExit(f"{root}/MRIs: no images (run the unzip stage first)")
     return sorted(rows, key=pair_order)
@@ -77,6 +90,8 @@ def write_manifest(df, path):
 
 def read_manifest(path):
     df = pd.read_csv(path, dtype={"ix": str, "subject": str}, keep_default_na=False)
+    if "z" not in df.columns:  # manifests of slice archives written before cohorts existed
+        df["z"] = -1
     missing = set(MANIFEST_COLUMNS) - set(df.columns)
     if missing:
         raise SystemExit(f"{path}: not a split manifest (missing columns {sorted(missing)})")
@@ -84,40 +99,12 @@ def read_manifest(path):
 
 
 def archive_metadata(root):
-    """What the archive says of its slices; archives without mriseg.json get the default rule."""
+    """What an unzipped archive says of its slices (the checkpoint records it); archives without mriseg.json
+    (the tutorial's) get the default rule. layout: slices, or volumes for a cohort (cohort.py)."""
     path = Path(root) / "mriseg.json"
     meta = json.loads(path.read_text()) if path.exists() else {}
     return {"axis": meta.get("axis", "axial"), "normalization": meta.get("normalization", NORMALIZATION),
-            "pixel_size_mm": meta.get("pixel_size_mm")}
-
-
-def neighbour_rows(manifest, rows, context):
-    """(neighbours, paths): the image paths to load (the split's own first, then outside neighbours), and
-    for each row {offset: index into paths} of the same subject's slices at slice +- offset.
-
-    Neighbours are looked up in the whole manifest (a subject sits on one side of a subject split; in a
-    slice split an image may borrow its neighbour's pixels, never its labels).
-    """
-    if (rows["slice"] < 0).any():
-        raise SystemExit(f"data/manifest.csv: train.context={context} needs each slice's neighbours, but image names carry "
-                         "no subject and slice (sub-<id>_slice-<n>_<ix>.npy, as make-archive writes); "
-                         "use train.context=0")
-    index = {(r.subject, r.slice): r.image for r in manifest.itertuples()}
-    paths = list(rows["image"])
-    position = {p: i for i, p in enumerate(paths)}
-    neighbours = []
-    for r in rows.itertuples():
-        found = {}
-        for d in range(-context, context + 1):
-            path = index.get((r.subject, r.slice + d))
-            if path is None:
-                continue  # not in the archive (too little tissue, or past the volume): the slice stands in
-            if path not in position:  # a neighbour from outside this split: its image only
-                position[path] = len(paths)
-                paths.append(path)
-            found[d] = position[path]
-        neighbours.append(found)
-    return neighbours, paths
+            "pixel_size_mm": meta.get("pixel_size_mm"), "layout": meta.get("layout", "slices")}
 
 
 def usable_context(manifest, context, log=print):
@@ -130,26 +117,78 @@ def usable_context(manifest, context, log=print):
     return context
 
 
-def load_split(manifest, split, context=0):
-    """All pairs of one split as (images float32 [N,C,H,W], masks uint8 [N,H,W], rows).
+def data_id(manifest_path, root):
+    """What the training data is, for the resume fingerprint: the manifest and the sha256 of every file the
+    unzip stage wrote (its files.json), never the tensors themselves."""
+    h = hashlib.sha256(Path(manifest_path).read_bytes())
+    files = Path(root) / "files.json"
+    h.update(files.read_bytes() if files.exists() else b"")
+    return h.hexdigest()
 
-    C = 2 * context + 1: with context > 0 each slice comes with its neighbours as channels (2.5D).
-    Slices of different sizes are zero-padded (background in the mask) at the bottom/right to the
-    largest size, so a whole split is one tensor and batches are plain slices of it.
+
+class SliceDataset(torch.utils.data.Dataset):
+    """The slices of one split, read from disk when asked for: (image [C,H,W] float32, mask [H,W] uint8).
+
+    C = 2 * context + 1: each slice with its neighbours as channels (2.5D). A cohort's slice takes the
+    real neighbouring rows of its memory-mapped volume; a slice archive's slice the files of the same
+    subject at slice +- d (from the whole manifest: in a slice split an image may borrow its neighbour's
+    pixels, never its labels). A missing neighbour (past the volume, or unknown) repeats the slice itself,
+    as in prediction. Each slice is centred in the next multiple of 16 (volumes.pad_slices, the rule
+    prediction uses) and placed at the top left of the split's frame (the largest such size), masks
+    padded with background, so every item of a split has one shape. Nothing is held but the file names
+    and at most MAX_OPEN memory-mapped volumes.
     """
-    rows = manifest[manifest["split"] == split].reset_index(drop=True)
-    if not len(rows):
-        return torch.zeros(0, 2 * context + 1, 1, 1), torch.zeros(0, 1, 1, dtype=torch.uint8), rows
-    neighbours, paths = neighbour_rows(manifest, rows, context) if context else (None, list(rows["image"]))
-    images = [np.load(p, allow_pickle=False) for p in paths]
-    masks = [np.load(p, allow_pickle=False) for p in rows["mask"]]
-    h = max(a.shape[0] for a in images)
-    w = max(a.shape[1] for a in images)
-    x = np.zeros((len(images), h, w), np.float32)
-    y = np.full((len(masks), h, w), 2, np.uint8)
-    for i, a in enumerate(images):
-        x[i, : a.shape[0], : a.shape[1]] = a
-    for i, m in enumerate(masks):
-        y[i, : m.shape[0], : m.shape[1]] = m
-    x = with_context(x, context, neighbours) if context else x[:, None]
-    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), rows
+
+    MAX_OPEN = 256  # memory maps kept open per process (a process may hold ~65,000)
+
+    def __init__(self, manifest, split, context=0):
+        self.rows = manifest[manifest["split"] == split].reset_index(drop=True)
+        self.context = context
+        self.images, self.masks = list(self.rows["image"]), list(self.rows["mask"])
+        self.z = [int(z) for z in self.rows["z"]]
+        self.neighbours = None
+        if context and (self.rows["z"] < 0).any():
+            files = manifest[(manifest["z"] < 0) & (manifest["slice"] >= 0)]
+            index = {(r.subject, r.slice): r.image for r in files.itertuples()}
+            self.neighbours = [[index.get((r.subject, r.slice + d), r.image) for d in self.offsets()]
+                               if r.z < 0 else None for r in self.rows.itertuples()]
+        self._open = OrderedDict()
+        self.frame = self._frame()
+
+    def offsets(self):
+        return range(-self.context, self.context + 1)
+
+    def _array(self, path):
+        """A cohort volume stays mapped (least recently used closed first); a one-slice file is read."""
+        if path in self._open:
+            self._open.move_to_end(path)
+            return self._open[path]
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        if array.ndim == 3:
+            self._open[path] = array
+            if len(self._open) > self.MAX_OPEN:
+                self._open.popitem(last=False)
+        return array
+
+    def _frame(self):
+        shapes = {}
+        for path in self.images:
+            if path not in shapes:
+                shapes[path] = pad_margins(*self._array(path).shape[-2:])[2:]
+        return (max(s[0] for s in shapes.values()), max(s[1] for s in shapes.values())) if shapes else (16, 16)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        z = self.z[i]
+        if z >= 0:
+            volume = self._array(self.images[i])
+            x = volume[[z + d if 0 <= z + d < len(volume) else z for d in self.offsets()]]
+            y = self._array(self.masks[i])[z]
+        else:
+            paths = self.neighbours[i] if self.neighbours else [self.images[i]] * len(self.offsets())
+            x = np.stack([self._array(p) for p in paths])
+            y = self._array(self.masks[i])
+        return (torch.from_numpy(pad_slices(np.asarray(x, np.float32), self.frame, 0)),
+                torch.from_numpy(pad_slices(np.asarray(y, np.uint8), self.frame, 2)))

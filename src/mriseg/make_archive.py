@@ -26,6 +26,8 @@ from .volumes import (NORMALIZATION, VolumeError, acquisition_axis, is_volume, l
 # FreeSurfer aseg labels (FreeSurferColorLUT). Brainstem goes to white matter, as in IBSR's tracings.
 ASEG_WHITE = (2, 41, 7, 46, 16, 77, 78, 79, 85, 251, 252, 253, 254, 255)
 ASEG_GRAY = (3, 42, 8, 47, 10, 49, 11, 50, 12, 51, 13, 52, 17, 53, 18, 54, 26, 58, 28, 60)
+# Everything else aseg holds (ventricles, CSF, vessels, choroid plexus, hypointensities) is background.
+ASEG_BACKGROUND = (0, 4, 5, 14, 15, 24, 30, 31, 43, 44, 62, 63, 72, 80, 81, 82)
 PRESETS = {
     "ibsr": {3: 0, 2: 1},  # IBSR: 0 background, 1 CSF, 2 gray matter, 3 white matter
     "freesurfer-aseg": {**{v: 0 for v in ASEG_WHITE}, **{v: 1 for v in ASEG_GRAY}},
@@ -33,8 +35,31 @@ PRESETS = {
 }
 
 
+KNOWN_VALUES = {"ibsr": (0, 1, 2, 3), "freesurfer-aseg": ASEG_WHITE + ASEG_GRAY + ASEG_BACKGROUND}
+
+
 class SourceError(ValueError):
     pass
+
+
+def check_label_values(volumes, labels, paths):
+    """One line naming the file when a label volume holds values its preset does not know (a wrong
+    --labels/data.labels would otherwise silently turn tissue into background) or values that are no labels."""
+    if labels == "fsl-fast":
+        for path, vol in zip(paths, volumes):
+            if vol.min() < -1e-3 or vol.max() > 1 + 1e-3:
+                raise SourceError(f"{path}: partial-volume values must lie in [0, 1] (fsl-fast), "
+                                  f"got {float(vol.min()):g} to {float(vol.max()):g}")
+        return
+    vol = volumes[0]
+    if vol.dtype.kind == "f" and not np.array_equal(vol, np.rint(vol)):
+        raise SourceError(f"{paths[0]}: label values must be whole numbers")
+    if not isinstance(labels, str):
+        return  # an explicit map sends every value it does not name to background, as documented
+    bad = np.setdiff1d(np.unique(vol), KNOWN_VALUES[labels])
+    if bad.size:
+        raise SourceError(f"{paths[0]}: label values {bad.astype(np.int64).tolist()[:8]} are not in the {labels} "
+                          "preset (choose another, or an explicit map such as '3:0,2:1')")
 
 
 def parse_labels(spec):
@@ -79,17 +104,34 @@ def freesurfer_images(folder):
             if (d / "mri" / "norm.mgz").is_file()]
 
 
-def find_subjects(src, labels):
-    """[(subject, image path, [label paths])] found under src."""
+def find_subjects(src, labels, strict=False):
+    """[(subject, image path, [label paths])] found under src: its files and FreeSurfer subject folders or,
+    with strict (a cohort archive), every folder below it, where an image without labels and labels
+    without an image are errors."""
     src = Path(src)
     if not src.exists():
         raise SourceError(f"{src}: no such folder")
     out = [(norm.parent.parent.name, norm, [norm.with_name("aseg.mgz")]) for norm in freesurfer_images(src)]
-    files = sorted(p for p in src.iterdir() if p.is_file()) if src.is_dir() else []
+    if strict:  # FreeSurfer subjects at any depth; the other files of their mri/ folders are not inputs
+        out = [(norm.parent.parent.name, norm, [norm.with_name("aseg.mgz")]) for norm in sorted(src.rglob("mri/norm.mgz"))]
+        freesurfer = {norm.parent for _, norm, _ in out}
+        files = sorted(p for p in src.rglob("*") if p.is_file() and is_volume(p) and p.parent not in freesurfer)
+    else:
+        files = sorted(p for p in src.iterdir() if p.is_file()) if src.is_dir() else []
+    claimed = set()
     for path in files:
         refs = label_paths_of(path, labels)
-        if refs and not is_label_file(path):
+        if is_label_file(path):
+            continue
+        if refs:
             out.append((volume_stem(path)[0], path, refs))
+            claimed.update(refs)
+        elif strict:
+            raise SourceError(f"{path}: image without labels (expected {label_paths_hint(path, labels)} beside it)")
+    if strict:
+        for path in files:
+            if is_label_file(path) and path not in claimed:
+                raise SourceError(f"{path}: labels without an image beside them")
     seen = {}
     for subject, image, _ in out:  # file names carry the subject: two sources cannot share one
         if seen.setdefault(subject, image) != image:
@@ -98,6 +140,11 @@ def find_subjects(src, labels):
         raise SourceError(f"{src}: no labelled volumes found (<subject>.nii.gz + <subject>_seg.nii.gz, "
                           "FreeSurfer mri/norm.mgz + mri/aseg.mgz, or FSL FAST _pve_0/1/2)")
     return out
+
+
+def label_paths_hint(image_path, labels):
+    stem, suffix = volume_stem(image_path)
+    return f"{stem}_pve_0/1/2{suffix}" if labels == "fsl-fast" else f"{stem}_seg{suffix}"
 
 
 def map_labels(volumes, labels):
@@ -120,20 +167,35 @@ def load_labels(label_paths, labels, image_path, img3):
         if lab.shape != img3.shape or not np.allclose(lab.affine, img3.affine, atol=1e-3):
             raise SourceError(f"{p}: geometry {lab.shape} does not match its image {image_path} {img3.shape} "
                               "(shape and affine must be equal)")
-    return map_labels([np.asanyarray(x.dataobj) for x in label_imgs], labels)
+    volumes = [np.asanyarray(x.dataobj) for x in label_imgs]
+    check_label_values(volumes, labels, label_paths)
+    return map_labels(volumes, labels)
 
 
-def subject_slices(image_path, label_paths, labels, axis, pixel_size, min_tissue):
+def preprocess_subject(image_path, label_paths, labels, axis, pixel_size):
+    """An image and its labels as training reads them: (image slices float32 (n, H, W), label slices
+    uint8, the working grid's affine, the labels mapped to the three classes on the image's own grid, the
+    image's own 3-D image). RAS+, in-plane resampled to pixel_size (labels per class), normalised, cut
+    along axis."""
     import nibabel as nib
 
     img, img3 = load_volume(image_path)
-    mapped = nib.Nifti1Image(load_labels(label_paths, labels, image_path, img3), img3.affine)
+    native = load_labels(label_paths, labels, image_path, img3)
     image = resample_inplane(img3, axis, pixel_size, order=1)
-    mask = resample_labels(mapped, axis, pixel_size)
+    mask = resample_labels(nib.Nifti1Image(native, img3.affine), axis, pixel_size)
     images = to_slices(normalize_volume(np.asanyarray(image.dataobj)), axis)
     masks = to_slices(np.rint(np.asanyarray(mask.dataobj)).astype(np.uint8), axis)
-    keep = [z for z in range(len(masks)) if (masks[z] < 2).sum() >= min_tissue]
-    return [(z, images[z], masks[z]) for z in keep]
+    return images, masks, image.affine, native, img3
+
+
+def tissue_slices(masks, min_tissue):
+    """Indices of the slices with at least min_tissue labelled tissue pixels (the ones trained on)."""
+    return [z for z in range(len(masks)) if (masks[z] < 2).sum() >= min_tissue]
+
+
+def subject_slices(image_path, label_paths, labels, axis, pixel_size, min_tissue):
+    images, masks = preprocess_subject(image_path, label_paths, labels, axis, pixel_size)[:2]
+    return [(z, images[z], masks[z]) for z in tissue_slices(masks, min_tissue)]
 
 
 def center_pad(a, shape, fill):

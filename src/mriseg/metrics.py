@@ -2,6 +2,7 @@
 
 Everything stays on the device as tensors so a training step never waits for the host.
 """
+import numpy as np
 import torch
 
 from . import CLASS_NAMES
@@ -38,4 +39,33 @@ def scores(confusion):
         denom = tp[c] + fp[c] + fn[c]
         out[f"iou_{CLASS_NAMES[c]}"] = float(tp[c] / denom) if denom > 0 else 1.0
         out[f"dice_{CLASS_NAMES[c]}"] = float(2 * tp[c] / (denom + tp[c])) if denom > 0 else 1.0
+    return out
+
+
+def confusion_of(pred, truth):
+    """counts[true, predicted] of two label arrays (numpy), as confusion_matrix gives for logits."""
+    idx = np.asarray(truth, np.int64).ravel() * NUM_CLASSES + np.asarray(pred, np.int64).ravel()
+    return torch.from_numpy(np.bincount(idx, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES))
+
+
+def subject_scores(confusion, voxel_ml=None):
+    """One subject's row: Dice and IoU per tissue, and each tissue's volume error (predicted - manual) /
+    manual; with voxel_ml, both volumes in ml too."""
+    cm = confusion.double()
+    row = scores(confusion)
+    for c in TISSUES:
+        name, predicted, manual = CLASS_NAMES[c], float(cm[:, c].sum()), float(cm[c].sum())
+        row[f"volume_error_{name}"] = (predicted - manual) / manual if manual else float("nan")
+        if voxel_ml is not None:
+            row[f"{name}_ml"], row[f"manual_{name}_ml"] = predicted * voxel_ml, manual * voxel_ml
+    return row
+
+
+def summarize(rows, keys=None):
+    """{key: {"mean", "sd"}} across subjects (sd with n - 1; 0 for a single subject)."""
+    keys = keys or [k for k in rows[0] if k.startswith(("dice_", "iou_", "volume_error_"))]
+    out = {}
+    for key in keys:
+        values = np.array([r[key] for r in rows], np.float64)
+        out[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
     return out

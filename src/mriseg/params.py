@@ -3,10 +3,12 @@ from pathlib import Path
 
 import yaml
 
+from .make_archive import SourceError, parse_labels
 from .models import MODELS
 
 CHOICES = {
     "split.by": ("auto", "subject", "slice"),
+    "data.axis": ("auto", "axial", "coronal", "sagittal"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.recipe": ("mriseg", "tutorial"),
     "train.loss": ("bce", "ce", "dice_ce"),
@@ -30,17 +32,31 @@ def load_params(path="params.yaml"):
         value = params.get(section, {}).get(name)
         if value is not None and value not in allowed:
             raise SystemExit(f"{path}: {key} must be one of {allowed}, got {value!r}")
-    train_value(params, path, "context", 0, lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0",
-                "neighbouring slices each side")
-    train_value(params, path, "width", 16, lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1",
+    whole = lambda v: isinstance(v, int) and v >= 0
+    number = lambda v: isinstance(v, (int, float)) and v >= 0
+    check_value(params, path, "train.context", 0, whole, "a whole number >= 0", "neighbouring slices each side")
+    check_value(params, path, "train.width", 16, lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1",
                 "the UNet's first-stage channels")
-    train_value(params, path, "bias_field", 0.0, lambda v: isinstance(v, (int, float)) and 0 <= v <= 5,
+    check_value(params, path, "train.bias_field", 0.0, lambda v: number(v) and v <= 5,
                 "a number from 0 to 5", "strength of the augmentation's intensity field; 0 = none")
+    check_value(params, path, "train.workers", "auto", lambda v: v == "auto" or whole(v), "auto or a whole number >= 0",
+                "DataLoader worker processes")
+    check_value(params, path, "train.device_cache_gb", 0, number, "a number >= 0", "GB of splits held on the device")
+    check_value(params, path, "data.pixel_size", 1.0, number, "a number >= 0", "in-plane mm; 0 keeps the voxels")
+    check_value(params, path, "data.min_tissue", 100, whole, "a whole number >= 0", "tissue pixels of a trained slice")
+    check_value(params, path, "data.max_volume_mb", 1024, lambda v: number(v) and v > 0, "a number > 0",
+                "largest volume accepted")
+    labels = params.get("data", {}).get("labels", "ibsr")
+    try:
+        parse_labels(str(labels))
+    except SourceError as e:
+        raise SystemExit(f"{path}: data.labels: {e}") from None
     return params
 
 
-def train_value(params, path, name, default, is_valid, requirement, meaning):
-    """One line naming the file and the key when train.<name> is not a value the pipeline can use."""
-    value = params.get("train", {}).get(name, default)
+def check_value(params, path, key, default, is_valid, requirement, meaning):
+    """One line naming the file and the key when <section>.<name> is not a value the pipeline can use."""
+    section, name = key.split(".")
+    value = params.get(section, {}).get(name, default)
     if isinstance(value, bool) or not is_valid(value):  # YAML's true/false are ints to Python
-        raise SystemExit(f"{path}: train.{name} must be {requirement} ({meaning}), got {value!r}")
+        raise SystemExit(f"{path}: {key} must be {requirement} ({meaning}), got {value!r}")

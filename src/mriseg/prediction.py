@@ -134,13 +134,21 @@ class Predictor:
         from .models import load_checkpoint
         from .training import pick_device
 
-        self.device = pick_device(device, where="--device")
-        self.model, self.ckpt = load_checkpoint(checkpoint, self.device)
-        self.amp = self.ckpt.get("train", {}).get("amp", True)
-        self.batch_size = batch_size
-        pixel = self.ckpt.get("pixel_size_mm")
+        device = pick_device(device, where="--device")
+        self.setup(*load_checkpoint(checkpoint, device), device, batch_size)
+
+    @classmethod
+    def from_model(cls, model, ckpt, device, batch_size=32):
+        predictor = cls.__new__(cls)
+        predictor.setup(model, ckpt, device, batch_size)
+        return predictor
+
+    def setup(self, model, ckpt, device, batch_size):
+        self.model, self.ckpt, self.device, self.batch_size = model, ckpt, device, batch_size
+        self.amp = ckpt.get("train", {}).get("amp", True)
+        pixel = ckpt.get("pixel_size_mm")
         self.pixel_size = float(pixel[0]) if pixel else None
-        self.context = int(self.ckpt.get("context", 0))
+        self.context = int(ckpt.get("context", 0))
 
     def labels(self, slices):
         """(n, H, W) slices, in order through one volume -> (n, H, W) labels."""
@@ -150,41 +158,52 @@ class Predictor:
         """(n, H, W) slices, in order through one volume -> (n, 3, H, W) class probabilities.
 
         A model trained with train.context > 0 gets each slice's neighbours as channels; a lone slice, or
-        one at the end of the volume, stands in for its missing neighbours (as in training).
+        one at the end of the volume, stands in for its missing neighbours (as in training). Slices are
+        centred in the next multiple of 16, as training pads them (volumes.pad_slices).
         """
-        from .volumes import with_context
+        from .volumes import pad_margins, pad_slices, with_context
 
         slices = np.asarray(slices, dtype=np.float32)
-        # Centre-padded to a multiple of 16, as make-archive pads training slices: the networks pool by up
-        # to 16 and re-pad on the left/top (the tutorial's rule), so other sizes shift their feature maps
-        # (WM Dice 0.857 instead of 0.912 on IBSR_16's 215 x 215 coronal slices).
         h, w = slices.shape[1:]
         if h < 16 or w < 16:  # padding would make up the whole image
             raise ValueError(f"slices of {h} x {w} pixels are too small to segment (at least 16 x 16)")
-        top, left = (-h % 16) // 2, (-w % 16) // 2
-        padded = np.zeros((len(slices), h + (-h % 16), w + (-w % 16)), np.float32)
-        padded[:, top:top + h, left:left + w] = slices
+        top, left = pad_margins(h, w)[:2]
+        padded = pad_slices(slices)
         x = with_context(padded, self.context) if self.context else padded[:, None]
         probs = predict_probabilities(self.model, torch.from_numpy(np.ascontiguousarray(x)), self.device,
                                       self.ckpt["activation"], self.amp, self.batch_size)
         return probs[:, :, top:top + h, left:left + w]
 
+    def working_slices(self, img3):
+        """A 3-D image as the model was trained on it: (its working grid's image, normalised slices)."""
+        from .volumes import normalize_volume, resample_inplane, to_slices
+
+        work = resample_inplane(img3, self.ckpt["axis"], self.pixel_size)
+        return work, to_slices(normalize_volume(np.asanyarray(work.dataobj), self.ckpt["normalization"]),
+                               self.ckpt["axis"])
+
+    def on_input_grid(self, probs, work_affine, reference_img3):
+        """Slice probabilities on the working grid -> labels on the input's own voxel grid."""
+        from .volumes import back_to_grid, from_slices
+
+        axis = self.ckpt["axis"]
+        labels = from_slices(probs.argmax(axis=1).astype(np.uint8), axis)
+        if labels.shape == reference_img3.shape and np.allclose(work_affine, reference_img3.affine):
+            return labels  # predicted on its own grid
+        # probabilities, not labels, go back to the input's grid (see volumes.most_likely)
+        return back_to_grid([from_slices(probs[:, k], axis) for k in range(probs.shape[1])], work_affine,
+                            reference_img3)
+
     def predict_volume(self, path):
         """(labels on the input's own grid and shape, input image, its 3-D image, displayed slices, displayed
         labels)."""
-        from .volumes import back_to_grid, from_slices, load_volume, normalize_volume, resample_inplane, to_slices
+        from .volumes import load_volume
 
         img, img3 = load_volume(path)
-        axis = self.ckpt["axis"]
-        work = resample_inplane(img3, axis, self.pixel_size)
-        slices = to_slices(normalize_volume(np.asanyarray(work.dataobj), self.ckpt["normalization"]), axis)
+        work, slices = self.working_slices(img3)
         probs = self.probabilities(slices)
-        labels = probs.argmax(axis=1).astype(np.uint8)
-        if work.shape == img3.shape and np.allclose(work.affine, img3.affine):  # predicted on its own grid
-            on_grid = from_slices(labels, axis)
-        else:  # probabilities, not labels, go back to the input's grid (see volumes.most_likely)
-            on_grid = back_to_grid([from_slices(probs[:, k], axis) for k in range(probs.shape[1])], work.affine, img3)
-        return on_grid.reshape(img.shape), img, img3, slices, labels
+        on_grid = self.on_input_grid(probs, work.affine, img3)
+        return on_grid.reshape(img.shape), img, img3, slices, probs.argmax(axis=1).astype(np.uint8)
 
 
 def save_volume(img, path, ext):

@@ -1,4 +1,6 @@
-"""The training loop: whole splits in memory, device-side one-hot and metrics, resumable epochs."""
+"""The training loop: slices streamed from disk through a DataLoader (or held on the device when a split
+fits train.device_cache_gb), device-side augmentation, one-hot and metrics, resumable epochs."""
+import gc
 import hashlib
 import json
 import math
@@ -34,7 +36,80 @@ def pick_device(name="auto", where="params.yaml: train.device"):
 
 
 def use_all_cores():
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    """The cores this process may use, unless the user chose OMP_NUM_THREADS (os.sched_getaffinity is Linux's)."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+
+
+def loader_workers(setting, device):
+    """train.workers: auto reads on the main process on the CPU (a batch's reads cost far less than its
+    step, and workers would take the step's cores) and with up to 4 worker processes for a GPU."""
+    if setting != "auto":
+        return int(setting)
+    return 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
+
+
+class Batches(torch.utils.data.Sampler):
+    """Index batches of one pass in `order` (set before each pass): a DataLoader's batch_sampler."""
+
+    def __init__(self, n, batch_size):
+        self.order, self.batch_size = list(range(n)), batch_size
+
+    def __iter__(self):
+        return (self.order[i:i + self.batch_size] for i in range(0, len(self.order), self.batch_size))
+
+    def __len__(self):
+        return math.ceil(len(self.order) / self.batch_size)
+
+
+class Feed:
+    """The batches of one split on the device, in the order asked for.
+
+    A split whose tensors fit `cache_bytes` is read once (in chunks, through the DataLoader) into device
+    tensors and batched there, as a whole split in memory used to be; a larger one streams each pass from
+    disk through a DataLoader (workers, pinned memory, prefetch). Both give the same batches.
+    """
+
+    def __init__(self, dataset, batch_size, device, workers=0, cache_bytes=0, channels_last=False):
+        self.n, self.device, self.channels_last = len(dataset), device, channels_last
+        self.batches = Batches(self.n, batch_size)
+        self.loader = torch.utils.data.DataLoader(
+            # Workers live for one pass: the train split's are gone before the test split's start scoring.
+            dataset, batch_sampler=self.batches, num_workers=workers, pin_memory=device.type == "cuda",
+            prefetch_factor=4 if workers else None,
+            generator=torch.Generator())  # workers' seeds: never a draw from the training's global RNG
+        x0, y0 = dataset[0] if self.n else (torch.zeros(1, 1, 1), torch.zeros(1, 1, dtype=torch.uint8))
+        self.nbytes = self.n * (x0.numel() * x0.element_size() + y0.numel() * y0.element_size())
+        self.cached = None
+        if 0 < self.nbytes <= cache_bytes:
+            x = torch.empty((self.n, *x0.shape), dtype=x0.dtype, device=device)
+            y = torch.empty((self.n, *y0.shape), dtype=y0.dtype, device=device)
+            i = 0
+            for xb, yb in self.loader:
+                x[i:i + len(xb)].copy_(xb, non_blocking=True)
+                y[i:i + len(yb)].copy_(yb, non_blocking=True)
+                i += len(xb)
+            self.cached = (self.to_layout(x), y)
+
+    def to_layout(self, x):
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def __call__(self, order=None):
+        """Yield (images, masks) batches on the device; order: a permutation of the split (default: as is)."""
+        order = torch.arange(self.n) if order is None else order
+        bs = self.batches.batch_size
+        if self.cached is not None:
+            x, y = self.cached
+            order = order.to(self.device)
+            for i in range(0, self.n, bs):
+                yield x[order[i:i + bs]], y[order[i:i + bs]]
+            return
+        self.batches.order = order.tolist()
+        for xb, yb in self.loader:
+            yield self.to_layout(xb.to(self.device, non_blocking=True)), yb.to(self.device, non_blocking=True)
+
+    def __len__(self):
+        return math.ceil(self.n / self.batches.batch_size)
 
 
 def autocast(device, enabled):
@@ -103,34 +178,21 @@ def smooth_field(n, size, strength, gen, device, order=3):
     return torch.einsum("nt,thw->nhw", coef, basis).clamp(-1, 1).exp()[:, None]
 
 
-def to_device(x, device, channels_last=False):
-    """A whole split onto the device once (pinned, non-blocking copy on CUDA)."""
-    if device.type == "cuda":
-        x = x.pin_memory().to(device, non_blocking=True)
-    if channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
 @torch.no_grad()
-def evaluate(model, x, y, batch_size, device, amp=True, loss="bce", activation="sigmoid", channels_last=False):
-    """Loss, tutorial IoU (mean over batches) and confusion matrix of a model on a whole split."""
+def evaluate(model, feed, device, amp=True, loss="bce", activation="sigmoid"):
+    """Loss, tutorial IoU (mean over batches) and confusion matrix of a model on a split's Feed."""
     model.eval()
-    x, y = to_device(x, device, channels_last), to_device(y, device)
     total_loss = torch.zeros((), device=device)
     total_iou = torch.zeros((), device=device)
     cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long, device=device)
-    batches = 0
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+    for xb, yb in feed():
         with autocast(device, amp):
             logits = model(xb).float()
         total_loss += compute_loss(loss, logits, yb) * len(xb)
         total_iou += tutorial_iou(class_logits(logits, activation), yb)
         cm += confusion_matrix(logits, yb)
-        batches += 1
-    n = max(len(x), 1)
-    return {"loss": float(total_loss) / n, "iou": float(total_iou) / max(batches, 1), "confusion": cm.cpu()}
+    return {"loss": float(total_loss) / max(feed.n, 1), "iou": float(total_iou) / max(len(feed), 1),
+            "confusion": cm.cpu()}
 
 
 def log_epoch(live, row):
@@ -142,21 +204,19 @@ def log_epoch(live, row):
     live.next_step()
 
 
-def data_fingerprint(config, *tensors):
-    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    for t in tensors:
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
+def data_fingerprint(config, data_id):
+    return hashlib.sha256(json.dumps({"config": config, "data": data_id}, sort_keys=True).encode()).hexdigest()
 
 
-def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_dir=None, eval_batch_size=32,
-          extra=None):
+def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir=None, eval_batch_size=32,
+          extra=None, data_id=""):
     """Train `model_name` with params.yaml's `train` section `cfg`.
 
-    train_data: (images [N,1,H,W] float32, masks [N,H,W] uint8). eval_sets: {"test": (x, y), "val": ...},
-    scored after every epoch; the best epoch is chosen on "val" when there is one, else the last one.
-    Every epoch ends with a resume file; rerun with the same data and params and training carries on
-    from there. Per-epoch metrics go to DVCLive in live_dir. Writes the checkpoint to out_path.
+    train_set: a Dataset of (image [C,H,W] float32, mask [H,W] uint8), all of one shape (data.SliceDataset).
+    eval_sets: {"test": dataset, "val": ...}, scored after every epoch; the best epoch is chosen on "val"
+    when there is one, else the last one. Every epoch ends with a resume file; rerun with the same data
+    (data_id: see data.data_id) and params and training carries on from there. Per-epoch metrics go to
+    DVCLive in live_dir. Writes the checkpoint to out_path.
     """
     cfg = resolve_recipe(cfg)
     use_all_cores()
@@ -167,12 +227,25 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
     loss_name = cfg.get("loss", "bce")
     activation = "sigmoid" if loss_name == "bce" else "softmax"
 
-    x_train, y_train = train_data
     context = cfg.get("context", 0)
-    if x_train.shape[1] != 2 * context + 1:
-        raise ValueError(f"train.context={context} needs {2 * context + 1} input channels, the data has {x_train.shape[1]}")
+    channels = train_set[0][0].shape[0]
+    if channels != 2 * context + 1:
+        raise ValueError(f"train.context={context} needs {2 * context + 1} input channels, the data has {channels}")
+    # Splits are held on the device while they fit the budget (train first), else streamed from disk.
+    workers, budget = loader_workers(cfg.get("workers", "auto"), device), cfg.get("device_cache_gb", 0) * 2**30
+    if workers:
+        # Loader workers are forked from this process; a collection in them would write to every object they
+        # inherited and copy ~100 MB of this heap into each. Frozen objects are never collected.
+        gc.collect()
+        gc.freeze()
+    feeds = {}
+    for split, dataset in {"train": train_set, **eval_sets}.items():
+        if len(dataset):
+            bs = cfg["batch_size"] if split == "train" else eval_batch_size
+            feeds[split] = Feed(dataset, bs, device, workers, budget, channels_last)
+            budget -= feeds[split].nbytes if feeds[split].cached is not None else 0
     model = build_model(model_name, pretrained=cfg["pretrained"], stem_init=cfg.get("stem_init", "random"),
-                        in_channels=x_train.shape[1], width=cfg.get("width", 16))
+                        in_channels=channels, width=cfg.get("width", 16))
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     step_model = torch.compile(model) if cfg.get("compile") else model
     # Epochs are scored (and the best one chosen) as the checkpoint will predict: with flip_tta if set.
@@ -183,7 +256,7 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0))
     gen = torch.Generator().manual_seed(cfg["seed"])
 
-    fingerprint = data_fingerprint({"model": model_name, "train": cfg}, x_train, y_train)
+    fingerprint = data_fingerprint({"model": model_name, "train": cfg}, data_id)
     history, start, best = [], 0, {"score": -1.0, "epoch": None, "state_dict": None}
     resume_path = Path(resume_path)
     if resume_path.exists():
@@ -207,19 +280,16 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
         for row in history:
             log_epoch(live, row)
 
-    x_dev, y_dev = to_device(x_train, device, channels_last), to_device(y_train, device)
-    n, bs = len(x_train), cfg["batch_size"]
+    feed, n = feeds["train"], len(train_set)
     for epoch in range(start, epochs):
         step_model.train()
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gen).to(device)
+        perm = torch.randperm(n, generator=gen)
         total_loss = torch.zeros((), device=device)
         total_iou = torch.zeros((), device=device)
         cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long, device=device)
-        batches = range(0, n, bs)
-        for i in tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False):
-            idx = perm[i:i + bs]
-            xb, yb = x_dev[idx], y_dev[idx]
+        for xb, yb in tqdm(feed(perm), total=len(feed), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+                           leave=False):
             if cfg.get("augment"):
                 xb, yb = augment(xb, yb, gen, cfg.get("bias_field", 0.0))
             with autocast(device, amp):
@@ -230,25 +300,24 @@ def train(cfg, model_name, train_data, eval_sets, out_path, resume_path, live_di
             opt.step()
             # Running sums stay on the device: no host synchronisation inside the epoch.
             with torch.no_grad():
-                total_loss += loss.detach() * len(idx)
+                total_loss += loss.detach() * len(xb)
                 total_iou += tutorial_iou(class_logits(logits.detach(), activation), yb)
                 cm += confusion_matrix(logits.detach(), yb)
         sched.step()
 
-        row = {"epoch": epoch + 1, "train_loss": float(total_loss) / n, "train_iou": float(total_iou) / len(batches),
+        row = {"epoch": epoch + 1, "train_loss": float(total_loss) / n, "train_iou": float(total_iou) / len(feed),
                **{f"train_{k}": v for k, v in scores(cm.cpu()).items()}}
         seconds = time.perf_counter() - t0  # float(total_loss) above waited for the device
         row.update({"train_seconds": seconds, "train_images_per_s": n / seconds})
-        for split, (x, y) in eval_sets.items():
-            if len(x):
-                r = evaluate(score_model, x, y, eval_batch_size, device, amp, loss_name, activation,
-                             channels_last)
+        for split in eval_sets:
+            if split in feeds:
+                r = evaluate(score_model, feeds[split], device, amp, loss_name, activation)
                 row.update({f"{split}_loss": r["loss"], f"{split}_iou": r["iou"],
                             **{f"{split}_{k}": v for k, v in scores(r["confusion"]).items()}})
         history.append(row)
         print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={row[k]:.4f}" for k in row
                                                       if k.endswith(("_loss", "_iou", "_dice_gray_matter"))))
-        if "val" in eval_sets and len(eval_sets["val"][0]) and row["val_iou"] > best["score"]:
+        if "val" in feeds and row["val_iou"] > best["score"]:
             best = {"score": row["val_iou"], "epoch": epoch + 1,
                     "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         if live is not None:

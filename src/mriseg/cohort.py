@@ -1,0 +1,147 @@
+"""A zip of labelled 3-D volumes (a cohort) -> one preprocessed, memory-mappable pair of arrays per subject.
+
+The zip may hold any folders: each image (`.nii`, `.nii.gz`, `.mgz`) with its labels beside it by
+make-archive's pairing rules (`<subject>_seg.*`, FSL FAST `<subject>_pve_0/1/2.*`, FreeSurfer
+`<subject>/mri/norm.mgz` + `aseg.mgz`), so the IBSR zip as published (a folder per subject) works as
+it is. Every subject is validated before anything is swapped in; each problem is one line naming the
+entry: unreadable or truncated volumes, not 3-D, an image without labels or labels without an image,
+label geometry unlike the image's, label values outside the preset, NaN/inf voxels, a volume over
+data.max_volume_mb, duplicate subject ids, and (as for slice archives) zip-slip paths, symlinks and
+declared sizes over data.max_extracted_mb.
+
+Each subject is preprocessed once, as make-archive does (RAS+, in-plane resampled to data.pixel_size
+with labels resampled per class, normalised on its own, cut along data.axis), and written uncompressed:
+
+    volumes/<subject>.image.npy   float32 (slices, rows, cols)  what training and evaluation read (mmap)
+    volumes/<subject>.labels.npy  uint8, same shape
+    volumes/<subject>.native.npy  uint8 labels on the image's own voxel grid, for 3-D scoring
+    mriseg.json                   how they were made, and per subject its grids and trained-on slices
+    files.json                    sha256 of every file written (the resume fingerprint reads it)
+"""
+import hashlib
+import json
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from tqdm import tqdm
+
+from .archive import IMAGE_DIR, ArchiveError, _check_entry, _ignored, _read, npy_bytes
+from .io import replace_dir
+from .make_archive import (SourceError, choose_axis, find_subjects, parse_labels, preprocess_subject,
+                           tissue_slices)
+from .volumes import NORMALIZATION, VolumeError, is_volume
+
+LAYOUT = "volumes"
+
+
+def holds_volumes(archive):
+    """True for a zip of NIfTI/MGZ volumes, False for the tutorial's slice layout (or what is not a zip:
+    the slice extractor then says what is wrong with it)."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = [n for n in zf.namelist() if not _ignored(n)]
+    except (zipfile.BadZipFile, OSError):
+        return False
+    slices = any(str(PurePosixPath(n).parent) == IMAGE_DIR and n.endswith(".npy") for n in names)
+    return not slices and any(is_volume(n) for n in names)
+
+
+def header_bytes(path):
+    """Uncompressed bytes of a volume's voxels, from its header alone (None when the header is unreadable:
+    loading it then says why)."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        return int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+    except Exception:
+        return None
+
+
+def save_npy(path, array, hashes, root):
+    data = npy_bytes(array)
+    path.write_bytes(data)
+    hashes[path.relative_to(root).as_posix()] = hashlib.sha256(data).hexdigest()
+
+
+def prepare_cohort(archive, dest, labels="ibsr", axis="auto", pixel_size=1.0, min_tissue=100,
+                   max_volume_mb=1024, max_extracted_mb=4096):
+    """Validate and preprocess every subject of a volume zip into dest; returns (subjects, slices kept).
+
+    dest changes only when every subject has passed (built in a temporary folder, then swapped in).
+    """
+    archive, dest = Path(archive), Path(dest)
+    labels, pixel_size = parse_labels(labels), pixel_size or None
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ArchiveError(f"{archive}: not a readable zip archive ({e})") from None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    raw = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".raw", dir=dest.parent))
+    out = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        with zf:
+            infos = zf.infolist()
+            for info in infos:
+                _check_entry(info, archive)
+            total = sum(i.file_size for i in infos)
+            if total > max_extracted_mb * 2**20:
+                raise ArchiveError(f"{archive}: declares {total / 2**20:.0f} MB uncompressed, over the "
+                                   f"{max_extracted_mb} MB cap (data.max_extracted_mb)")
+            for info in infos:
+                if not _ignored(info.filename) and is_volume(info.filename):
+                    target = raw / info.filename.replace("\\", "/")
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(_read(zf, info, archive))
+        try:
+            n_subjects, n_slices = _preprocess(raw, out, labels, axis, pixel_size, min_tissue, max_volume_mb)
+        except (SourceError, VolumeError) as e:  # name the zip's entry, not the temporary copy
+            message = str(e)
+            for temporary in (f"{raw}/: ", f"{raw}: ", f"{raw}/"):
+                message = message.replace(temporary, "")
+            raise ArchiveError(f"{archive}: {message}") from None
+        replace_dir(out, dest)
+        return n_subjects, n_slices
+    finally:
+        shutil.rmtree(raw, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _preprocess(raw, out, labels, axis, pixel_size, min_tissue, max_volume_mb):
+    subjects = find_subjects(raw, labels, strict=True)
+    for _, image_path, label_paths in subjects:
+        for path in (image_path, *label_paths):
+            size = header_bytes(path)
+            if size is not None and size > max_volume_mb * 2**20:
+                raise SourceError(f"{path}: {size / 2**20:.4g} MB of voxels, over the {max_volume_mb} MB cap "
+                                  "(data.max_volume_mb)")
+    if axis == "auto":
+        axis = choose_axis(subjects)
+    (out / LAYOUT).mkdir()
+    hashes, records, kept_total = {}, {}, 0
+    for subject, image_path, label_paths in tqdm(subjects, desc="preprocess", unit="subject"):
+        images, masks, work_affine, native, img3 = preprocess_subject(image_path, label_paths, labels, axis,
+                                                                       pixel_size)
+        kept = tissue_slices(masks, min_tissue)
+        base = out / LAYOUT / subject
+        save_npy(base.with_name(f"{subject}.image.npy"), np.ascontiguousarray(images, np.float32), hashes, out)
+        save_npy(base.with_name(f"{subject}.labels.npy"), np.ascontiguousarray(masks, np.uint8), hashes, out)
+        save_npy(base.with_name(f"{subject}.native.npy"), np.ascontiguousarray(native, np.uint8), hashes, out)
+        records[subject] = {"source": image_path.relative_to(raw).as_posix(), "slices": len(images),
+                            "slice_shape": list(images.shape[1:]), "kept": kept,
+                            "work_affine": np.asarray(work_affine).tolist(),
+                            "native_affine": np.asarray(img3.affine).tolist(), "native_shape": list(img3.shape),
+                            "native_voxel_ml": float(np.prod(img3.header.get_zooms()[:3])) / 1000.0}
+        kept_total += len(kept)
+    if not kept_total:
+        raise SourceError(f"{raw}/: no slice has {min_tissue} tissue pixels (check data.labels)")
+    metadata = {"source": "mriseg cohort", "layout": LAYOUT, "axis": axis, "normalization": NORMALIZATION,
+                "pixel_size_mm": [pixel_size, pixel_size] if pixel_size else None,
+                "labels": labels if isinstance(labels, str) else {str(k): v for k, v in labels.items()},
+                "min_tissue": min_tissue, "subjects": records}
+    (out / "mriseg.json").write_text(json.dumps(metadata, indent=1, sort_keys=True) + "\n")
+    (out / "files.json").write_text(json.dumps(hashes, indent=1, sort_keys=True) + "\n")
+    return len(subjects), kept_total

@@ -2,10 +2,13 @@
 
 The tutorial loop is re-implemented faithfully: a Dataset that np.loads each slice and one-hot encodes
 its mask on the CPU per item, a DataLoader, fp32, and `.item()` on the loss every batch. mriseg's loop
-is `mriseg.training.train` itself (whole split in memory, one-hot and metrics on the device, bf16
-autocast, channels_last). Each measurement runs in its own process so peak memory is its own.
+is `mriseg.training.train` itself (one-hot and metrics on the device, bf16 autocast, channels_last),
+timed twice: `mriseg-cached` holds the split on the device (train.device_cache_gb, the in-memory loop),
+`mriseg-streamed` reads every batch from disk through its DataLoader (train.device_cache_gb: 0), as a
+cohort larger than the cache trains. Each measurement runs in its own process so peak memory is its own.
 
-    python benchmarks/train_throughput.py                 # CPU, 208 px, both networks (< 5 min on 2 cores)
+    python benchmarks/train_throughput.py --data sample   # CPU, the embedded sample's slices (192 x 160)
+    python benchmarks/train_throughput.py                 # CPU, 208 px synthetic slices, both networks
     python benchmarks/train_throughput.py --device cuda   # GPU, 394 px (the tutorial's size), 325 slices
 """
 import argparse
@@ -79,27 +82,44 @@ def tutorial_loop(model_name, folder, device, epochs, batch_size):
     return speeds[-1], float(np.mean(losses))
 
 
-def mriseg_loop(model_name, folder, device, epochs, batch_size, **switches):
-    names = sorted((folder / "MRIs").glob("*.npy"))
-    x = torch.from_numpy(np.stack([np.load(p) for p in names]))[:, None]
-    y = torch.from_numpy(np.stack([np.load(folder / "Segmentations" / f"segm_{p.stem.split('_')[-1]}.npy")
-                                   for p in names]))
+def mriseg_loop(model_name, folder, device, epochs, batch_size, cache_gb=8, workers="auto", **switches):
+    import pandas as pd
+
+    from mriseg.data import MANIFEST_COLUMNS, SliceDataset, list_pairs
+
+    manifest = pd.DataFrame(list_pairs(folder)).assign(split="train")[MANIFEST_COLUMNS]
     cfg = {"epochs": epochs, "batch_size": batch_size, "lr": 3e-4, "pretrained": False, "stem_init": "random",
            "loss": "bce", "augment": False, "schedule": "constant", "device": str(device), "seed": 0,
-           "amp": True, "channels_last": True, "compile": False, "cudnn_benchmark": True, **switches}
+           "amp": True, "channels_last": True, "compile": False, "cudnn_benchmark": True,
+           "device_cache_gb": cache_gb, "workers": workers, **switches}
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = train(cfg, model_name, (x, y), {}, Path(tmp) / "m.pt", Path(tmp) / "r.pt")
+        ckpt = train(cfg, model_name, SliceDataset(manifest, "train"), {}, Path(tmp) / "m.pt", Path(tmp) / "r.pt")
     last = ckpt["history"][-1]
     return last["train_images_per_s"], last["train_loss"]
 
 
+def cpu_name():
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "CPU"
+
+
+def commit():
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True).stdout
+    return head.stdout.strip() + ("+dirty" if dirty.strip() else "")
+
+
 def worker(args):
     device = torch.device(args.device)
-    folder = Path(args.data)
+    folder = Path(args.folder)
     if args.loop == "tutorial":
         speed, loss = tutorial_loop(args.model, folder, device, args.epochs, args.batch_size)
     else:
-        speed, loss = mriseg_loop(args.model, folder, device, args.epochs, args.batch_size, compile=args.compile)
+        speed, loss = mriseg_loop(args.model, folder, device, args.epochs, args.batch_size, compile=args.compile,
+                                  cache_gb=0 if args.streamed else 8)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -116,35 +136,47 @@ def main():
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--models", default="unet,resnet")
     p.add_argument("--compile", action="store_true", help="also time mriseg with train.compile=true")
+    p.add_argument("--data", choices=["synthetic", "sample"], default="synthetic",
+                   help="synthetic square slices (--size, --slices), or the embedded MNI152 sample's")
+    p.add_argument("--streamed", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker", nargs=2, metavar=("LOOP", "MODEL"), help=argparse.SUPPRESS)
-    p.add_argument("--data", help=argparse.SUPPRESS)
+    p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         args.loop, args.model = args.worker
         return worker(args)
 
-    size = args.size or (394 if args.device == "cuda" else 208)
-    n = args.slices or (325 if args.device == "cuda" else 32)
-    name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"# {name}; {n} slices of {size} x {size}, batch {args.batch_size}, timed epoch {args.epochs} of {args.epochs}")
-    loops = ["tutorial", "mriseg"] + (["mriseg-compile"] if args.compile else [])
+    name = torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads"
+    loops = ["tutorial", "mriseg-cached", "mriseg-streamed"] + (["mriseg-compile"] if args.compile else [])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        make_slices(Path(tmp), n, size)
+        folder = Path(tmp) / "MRIs"
+        if args.data == "sample":
+            from mriseg.archive import extract_archive
+            from mriseg.sample import build_sample_archive
+
+            build_sample_archive(Path(tmp) / "sample.zip")
+            n = extract_archive(Path(tmp) / "sample.zip", folder)
+            shape = np.load(next((folder / "MRIs").glob("*.npy"))).shape
+        else:
+            size = args.size or (394 if args.device == "cuda" else 208)
+            n, shape = args.slices or (325 if args.device == "cuda" else 32), (size, size)
+            make_slices(folder, n, size)
+        print(f"# {name}; torch {torch.__version__}; commit {commit()}; {args.data} data, {n} slices of "
+              f"{shape[0]} x {shape[1]}, batch {args.batch_size}, timed epoch {args.epochs} of {args.epochs}")
         for model in args.models.split(","):
             base = None
             for loop in loops:
-                cmd = [sys.executable, __file__, "--worker", loop.split("-")[0], model, "--data", tmp,
+                cmd = [sys.executable, __file__, "--worker", loop.split("-")[0], model, "--folder", str(folder),
                        "--device", args.device, "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
-                if loop.endswith("compile"):
-                    cmd.append("--compile")
+                cmd += {"mriseg-compile": ["--compile"], "mriseg-streamed": ["--streamed"]}.get(loop, [])
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 if out.returncode != 0:
                     sys.exit(f"{loop} {model} failed:\n{out.stderr[-2000:]}")
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 base = base or r["images_per_s"]
                 rows.append((model, loop, r["images_per_s"], r["peak_mb"], r["images_per_s"] / base, r["loss"]))
-                print(f"  {model:6s} {loop:14s} {r['images_per_s']:8.1f} images/s", file=sys.stderr)
+                print(f"  {model:6s} {loop:16s} {r['images_per_s']:8.1f} images/s", file=sys.stderr)
     mem = "peak GPU MB" if args.device == "cuda" else "peak RSS MB"
     print(f"| model | loop | images/s | {mem} | speed-up | last-epoch loss |")
     print("|---|---|---|---|---|---|")

@@ -79,7 +79,7 @@ def tutorial_loop(model_name, folder, device, epochs, batch_size):
             losses.append(loss.item())
             seen += len(x)
         speeds.append(seen / (time.perf_counter() - t0))
-    return speeds[-1], float(np.mean(losses))
+    return float(np.median(speeds[1:] or speeds)), float(np.mean(losses))
 
 
 def mriseg_loop(model_name, folder, device, epochs, batch_size, cache_gb=8, workers="auto", **switches):
@@ -94,8 +94,8 @@ def mriseg_loop(model_name, folder, device, epochs, batch_size, cache_gb=8, work
            "device_cache_gb": cache_gb, "workers": workers, **switches}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = train(cfg, model_name, SliceDataset(manifest, "train"), {}, Path(tmp) / "m.pt", Path(tmp) / "r.pt")
-    last = ckpt["history"][-1]
-    return last["train_images_per_s"], last["train_loss"]
+    speeds = [row["train_images_per_s"] for row in ckpt["history"]]
+    return float(np.median(speeds[1:] or speeds)), ckpt["history"][-1]["train_loss"]
 
 
 def cpu_name():
@@ -108,7 +108,8 @@ def cpu_name():
 def commit():
     root = Path(__file__).resolve().parents[1]
     head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout
     return head.stdout.strip() + ("+dirty" if dirty.strip() else "")
 
 
@@ -132,7 +133,7 @@ def main():
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--size", type=int, help="slice size in pixels (default 208 on cpu, 394 on cuda)")
     p.add_argument("--slices", type=int, help="training slices (default 32 on cpu, 325 on cuda)")
-    p.add_argument("--epochs", type=int, default=2, help="the last epoch is timed; the first warms up")
+    p.add_argument("--epochs", type=int, default=2, help="the median of epochs 2 to N is reported; the first warms up")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--models", default="unet,resnet")
     p.add_argument("--compile", action="store_true", help="also time mriseg with train.compile=true")
@@ -163,7 +164,7 @@ def main():
             n, shape = args.slices or (325 if args.device == "cuda" else 32), (size, size)
             make_slices(folder, n, size)
         print(f"# {name}; torch {torch.__version__}; commit {commit()}; {args.data} data, {n} slices of "
-              f"{shape[0]} x {shape[1]}, batch {args.batch_size}, timed epoch {args.epochs} of {args.epochs}")
+              f"{shape[0]} x {shape[1]}, batch {args.batch_size}, median of epochs 2-{args.epochs}")
         for model in args.models.split(","):
             base = None
             for loop in loops:

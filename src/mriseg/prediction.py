@@ -41,7 +41,8 @@ class InputError(ValueError):
 VOLUME_COLUMNS = ["file", "white_matter_voxels", "gray_matter_voxels", "white_matter_ml", "gray_matter_ml",
                   "gray_white_ratio", "white_matter_mm2", "gray_matter_mm2"]
 # With --labels: the manual segmentation beside each volume, on the input's own grid.
-REFERENCE_COLUMNS = ["manual_white_matter_ml", "manual_gray_matter_ml", "dice_white_matter", "dice_gray_matter"]
+REFERENCE_COLUMNS = ["manual_white_matter_ml", "manual_gray_matter_ml", "dice_white_matter", "dice_gray_matter",
+                     "volume_error_white_matter", "volume_error_gray_matter"]
 
 
 def expand_inputs(inputs, skip_labels=False):
@@ -104,19 +105,17 @@ def display_name(path):
 
 
 def compare_with_reference(pred, image_path, img3, labels, voxel_ml):
-    """Manual volumes (ml) and Dice of the prediction against the label volume(s) beside the image."""
+    """Manual volumes (ml), Dice and volume error of the prediction against the label volume(s) beside the
+    image: the evaluate stage's per-subject scores."""
     from .make_archive import label_paths_of, load_labels
+    from .metrics import confusion_of, subject_scores
 
     refs = label_paths_of(image_path, labels)
     if not refs:
         return None
     truth = load_labels(refs, labels, image_path, img3).reshape(pred.shape)
-    row = {}
-    for c, name in ((0, "white_matter"), (1, "gray_matter")):
-        p, t = pred == c, truth == c
-        row[f"manual_{name}_ml"] = int(t.sum()) * voxel_ml
-        row[f"dice_{name}"] = 2 * int((p & t).sum()) / max(int(p.sum()) + int(t.sum()), 1)
-    return row
+    row = subject_scores(confusion_of(pred, truth), voxel_ml)
+    return {k: row[k] for k in REFERENCE_COLUMNS}
 
 
 def brain_slices(labels, n=5):

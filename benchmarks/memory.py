@@ -296,7 +296,7 @@ def report(rows, args, overrides, elapsed):
              f"Synthetic cohorts of {' x '.join(map(str, SHAPE))} volumes (phantoms filling the volume), "
              f"2 test subjects. Memory: peak of the sum of Pss_Anon over the process tree of "
              f"`python -m dvc repro train` (dvc, the train stage, and the train.workers={args.workers} loader workers of "
-             f"each split it reads: the train split's, persistent, and while scoring the test split's too), "
+             f"each split it reads, alive for one pass), "
              f"sampled every {args.interval} s; page cache of the memory-mapped volumes is not counted. "
              f"Torch threads of the stages: {env_threads(args)}.", "",
              "| subjects | slices | train slices | loader | peak anonymous MB | images/s | train stage s |",

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from .archive import IMAGE_DIR, ArchiveError, _check_entry, _ignored, _read, npy_bytes
 from .io import replace_dir
 from .make_archive import (SourceError, choose_axis, find_subjects, parse_labels, preprocess_subject,
-                           tissue_slices)
+                           tissue_slices, volume_header)
 from .volumes import NORMALIZATION, VolumeError, is_volume
 
 LAYOUT = "volumes"
@@ -47,18 +47,6 @@ def holds_volumes(archive):
         return False
     slices = any(str(PurePosixPath(n).parent) == IMAGE_DIR and n.endswith(".npy") for n in names)
     return not slices and any(is_volume(n) for n in names)
-
-
-def header_bytes(path):
-    """Uncompressed bytes of a volume's voxels, from its header alone (None when the header is unreadable:
-    loading it then says why)."""
-    import nibabel as nib
-
-    try:
-        img = nib.load(str(path))
-        return int(np.prod(img.shape)) * img.get_data_dtype().itemsize
-    except Exception:
-        return None
 
 
 def save_npy(path, array, hashes, root):
@@ -114,8 +102,9 @@ def _preprocess(raw, out, labels, axis, pixel_size, min_tissue, max_volume_mb):
     subjects = find_subjects(raw, labels, strict=True)
     for _, image_path, label_paths in subjects:
         for path in (image_path, *label_paths):
-            size = header_bytes(path)
-            if size is not None and size > max_volume_mb * 2**20:
+            header = volume_header(path)  # the voxels are not read for this
+            size = int(np.prod(header.shape)) * header.get_data_dtype().itemsize
+            if size > max_volume_mb * 2**20:
                 raise SourceError(f"{path}: {size / 2**20:.4g} MB of voxels, over the {max_volume_mb} MB cap "
                                   "(data.max_volume_mb)")
     if axis == "auto":

@@ -111,11 +111,12 @@ def find_subjects(src, labels, strict=False):
     src = Path(src)
     if not src.exists():
         raise SourceError(f"{src}: no such folder")
-    out = [(norm.parent.parent.name, norm, [norm.with_name("aseg.mgz")]) for norm in freesurfer_images(src)]
-    if strict:  # FreeSurfer subjects at any depth; the other files of their mri/ folders are not inputs
-        out = [(norm.parent.parent.name, norm, [norm.with_name("aseg.mgz")]) for norm in sorted(src.rglob("mri/norm.mgz"))]
-        freesurfer = {norm.parent for _, norm, _ in out}
-        files = sorted(p for p in src.rglob("*") if p.is_file() and is_volume(p) and p.parent not in freesurfer)
+    # FreeSurfer subjects (strict: at any depth); the other files of their mri/ folders are not inputs.
+    norms = sorted(src.rglob("mri/norm.mgz")) if strict else freesurfer_images(src)
+    out = [(norm.parent.parent.name, norm, [norm.with_name("aseg.mgz")]) for norm in norms]
+    if strict:
+        files = sorted(p for p in src.rglob("*") if p.is_file() and is_volume(p) and p.parent not in
+                       {norm.parent for norm in norms})
     else:
         files = sorted(p for p in src.iterdir() if p.is_file()) if src.is_dir() else []
     claimed = set()
@@ -205,11 +206,21 @@ def center_pad(a, shape, fill):
     return out
 
 
+def volume_header(path):
+    """A volume's header and affine without reading its voxels (load_volume's one-line error when unreadable)."""
+    import nibabel as nib
+
+    try:
+        return nib.load(str(path))
+    except Exception:
+        return load_volume(path)[1]
+
+
 def choose_axis(subjects):
     """`--axis auto`: the acquisition plane most subjects share (axial for isotropic voxels)."""
     from collections import Counter
 
-    votes = Counter(acquisition_axis(load_volume(image_path)[1]) for _, image_path, _ in subjects)
+    votes = Counter(acquisition_axis(volume_header(image_path)) for _, image_path, _ in subjects)
     return max(sorted(votes), key=lambda a: (votes[a], a == "axial"))
 
 

@@ -51,6 +51,18 @@ def npy_bytes(array):
     return buf.getvalue()
 
 
+def save_hashed(root, relpath, array, hashes):
+    """Save an array as root/relpath (.npy) and record its sha256 in hashes under relpath."""
+    data = npy_bytes(array)
+    (Path(root) / relpath).write_bytes(data)
+    hashes[relpath] = hashlib.sha256(data).hexdigest()
+
+
+def write_hashes(root, hashes):
+    """root/files.json: the sha256 of every file written there (the training resume fingerprint reads it)."""
+    (Path(root) / "files.json").write_text(json.dumps(hashes, indent=1, sort_keys=True) + "\n")
+
+
 def write_archive(path, pairs, metadata=None):
     """Write (image_name, image, mask) pairs as a deterministic zip (fixed order and timestamps)."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
@@ -181,7 +193,7 @@ def extract_archive(archive, dest, max_extracted_mb=MAX_EXTRACTED_MB):
         try:
             (tmp / "MRIs").mkdir()
             (tmp / "Segmentations").mkdir()
-            hashes = {}  # sha256 of every file written: the training resume fingerprint reads files.json
+            hashes = {}
             for name in sorted(images):
                 m = mask_name(name)
                 image = check_image(load_npy(_read(zf, images[name], archive), f"{archive}: {IMAGE_DIR}/{name}"),
@@ -191,13 +203,11 @@ def extract_archive(archive, dest, max_extracted_mb=MAX_EXTRACTED_MB):
                 if image.shape != mask.shape:
                     raise ArchiveError(f"{archive}: {IMAGE_DIR}/{name} has shape {image.shape} "
                                        f"but its mask {m} has {mask.shape}")
-                for path, array in ((f"MRIs/{name}", image), (f"Segmentations/{m}", mask)):
-                    data = npy_bytes(array)
-                    (tmp / path).write_bytes(data)
-                    hashes[path] = hashlib.sha256(data).hexdigest()
+                save_hashed(tmp, f"MRIs/{name}", image, hashes)
+                save_hashed(tmp, f"Segmentations/{m}", mask, hashes)
             if metadata is not None:
                 (tmp / "mriseg.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-            (tmp / "files.json").write_text(json.dumps(hashes, indent=1, sort_keys=True) + "\n")
+            write_hashes(tmp, hashes)
             replace_dir(tmp, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -18,7 +18,6 @@ with labels resampled per class, normalised on its own, cut along data.axis), an
     mriseg.json                   how they were made, and per subject its grids and trained-on slices
     files.json                    sha256 of every file written (the resume fingerprint reads it)
 """
-import hashlib
 import json
 import shutil
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from tqdm import tqdm
 
-from .archive import IMAGE_DIR, ArchiveError, _check_entry, _ignored, _read, npy_bytes
+from .archive import IMAGE_DIR, ArchiveError, _check_entry, _ignored, _read, save_hashed, write_hashes
 from .io import replace_dir
 from .make_archive import (SourceError, choose_axis, find_subjects, parse_labels, preprocess_subject,
                            tissue_slices, volume_header)
@@ -47,12 +46,6 @@ def holds_volumes(archive):
         return False
     slices = any(str(PurePosixPath(n).parent) == IMAGE_DIR and n.endswith(".npy") for n in names)
     return not slices and any(is_volume(n) for n in names)
-
-
-def save_npy(path, array, hashes, root):
-    data = npy_bytes(array)
-    path.write_bytes(data)
-    hashes[path.relative_to(root).as_posix()] = hashlib.sha256(data).hexdigest()
 
 
 def prepare_cohort(archive, dest, labels="ibsr", axis="auto", pixel_size=1.0, min_tissue=100,
@@ -115,10 +108,8 @@ def _preprocess(raw, out, labels, axis, pixel_size, min_tissue, max_volume_mb):
         images, masks, work_affine, native, img3 = preprocess_subject(image_path, label_paths, labels, axis,
                                                                        pixel_size)
         kept = tissue_slices(masks, min_tissue)
-        base = out / LAYOUT / subject
-        save_npy(base.with_name(f"{subject}.image.npy"), np.ascontiguousarray(images, np.float32), hashes, out)
-        save_npy(base.with_name(f"{subject}.labels.npy"), np.ascontiguousarray(masks, np.uint8), hashes, out)
-        save_npy(base.with_name(f"{subject}.native.npy"), np.ascontiguousarray(native, np.uint8), hashes, out)
+        for kind, array in (("image", images.astype(np.float32)), ("labels", masks), ("native", native)):
+            save_hashed(out, f"{LAYOUT}/{subject}.{kind}.npy", array, hashes)
         records[subject] = {"source": image_path.relative_to(raw).as_posix(), "slices": len(images),
                             "slice_shape": list(images.shape[1:]), "kept": kept,
                             "work_affine": np.asarray(work_affine).tolist(),
@@ -132,5 +123,5 @@ def _preprocess(raw, out, labels, axis, pixel_size, min_tissue, max_volume_mb):
                 "labels": labels if isinstance(labels, str) else {str(k): v for k, v in labels.items()},
                 "min_tissue": min_tissue, "subjects": records}
     (out / "mriseg.json").write_text(json.dumps(metadata, indent=1, sort_keys=True) + "\n")
-    (out / "files.json").write_text(json.dumps(hashes, indent=1, sort_keys=True) + "\n")
+    write_hashes(out, hashes)
     return len(subjects), kept_total

@@ -11,6 +11,7 @@ import pytest
 
 from mriseg.archive import ArchiveError
 from mriseg.cohort import holds_volumes, prepare_cohort
+from mriseg.volumes import to_slices
 from conftest import SHARED_IBSR, cohort_zip, make_project, nifti_gz_bytes, run, synthetic_volume
 from test_archive import zip_of
 
@@ -96,7 +97,7 @@ def test_valid_cohort_is_prepared(tmp_path, dest, folders):
     assert meta["layout"] == "volumes"
     assert sorted(meta["subjects"]) == list(SUBJECTS)
     assert meta["min_tissue"] == MIN_TISSUE
-    assert n_slices == sum(len(r["kept"]) for r in meta["subjects"].values()) > 0
+    assert n_slices == sum(len(r["kept"]["axial"]) for r in meta["subjects"].values()) > 0
 
     written = sorted(p.relative_to(dest).as_posix() for p in (dest / "volumes").iterdir())
     assert written == sorted(f"volumes/{s}.{kind}.npy" for s in SUBJECTS for kind in ("image", "labels", "native"))
@@ -113,8 +114,12 @@ def test_valid_cohort_is_prepared(tmp_path, dest, folders):
         assert set(np.unique(labels)) <= {0, 1, 2} and {0, 1} <= set(np.unique(labels))
         assert native.dtype == np.uint8 and native.shape == SHAPE and list(SHAPE) == record["native_shape"]
         assert set(np.unique(native)) <= {0, 1, 2}
-        assert record["slices"] == len(image) and record["slice_shape"] == list(image.shape[1:])
-        assert all(0 <= z < len(image) for z in record["kept"])
+        assert record["shape"] == list(image.shape)  # (X, Y, Z) on the isotropic working grid
+        assert sorted(record["kept"]) == ["axial", "coronal", "sagittal"]
+        for view, kept in record["kept"].items():
+            along = image.shape[{"sagittal": 0, "coronal": 1, "axial": 2}[view]]
+            assert kept and all(0 <= z < along for z in kept)
+            assert all((to_slices(labels, view)[z] < 2).sum() >= MIN_TISSUE for z in kept)
 
     hashes = json.loads((dest / "files.json").read_text())
     assert sorted(hashes) == written
@@ -369,8 +374,9 @@ def test_unzip_stage_refuses_a_bad_cohort_with_one_line(tmp_path):
 
 @pytest.mark.skipif(not SHARED_IBSR.is_dir(), reason=f"needs the IBSR volumes at {SHARED_IBSR}")
 def test_real_ibsr_subjects_zipped_as_published(tmp_path):
-    """Two real IBSR subjects, a folder each as IBSR is published: 1.5 mm coronal acquisitions, so auto
-    slices them coronally at 1 mm; labels keep their image's own grid for 3-D scoring."""
+    """Two real IBSR subjects, a folder each as IBSR is published: 1.5 mm coronal acquisitions of 0.94 and
+    0.84 mm pixels, resampled to a 1 mm isotropic grid that all three views cut; labels keep their image's
+    own grid for 3-D scoring."""
     archive = tmp_path / "ibsr.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for s in ("IBSR_07", "IBSR_16"):
@@ -379,11 +385,13 @@ def test_real_ibsr_subjects_zipped_as_published(tmp_path):
     assert holds_volumes(archive)
     n_subjects, n_slices = prepare_cohort(archive, tmp_path / "MRIs")
     meta = json.loads((tmp_path / "MRIs" / "mriseg.json").read_text())
-    assert n_subjects == 2 and meta["axis"] == "coronal" and meta["pixel_size_mm"] == [1.0, 1.0]
+    assert n_subjects == 2 and meta["grid"] == "isotropic" and meta["pixel_size_mm"] == [1.0, 1.0]
     for s in ("IBSR_07", "IBSR_16"):
         rec = meta["subjects"][s]
         image = np.load(tmp_path / "MRIs" / "volumes" / f"{s}.image.npy", mmap_mode="r")
         native = np.load(tmp_path / "MRIs" / "volumes" / f"{s}.native.npy")
-        assert image.shape[0] == 128 and rec["native_shape"] == [256, 128, 256] and native.shape == (256, 128, 256)
-        assert 80 < len(rec["kept"]) <= 128 and set(np.unique(native)) == {0, 1, 2}
-    assert n_slices == sum(len(meta["subjects"][s]["kept"]) for s in meta["subjects"])
+        # 128 coronal slices of 1.5 mm -> 192 of 1 mm, cropped to the head; 0.94/0.84 mm pixels -> 1 mm.
+        assert 150 < image.shape[1] <= 193 and max(image.shape[0], image.shape[2]) < 230
+        assert rec["native_shape"] == [256, 128, 256] and native.shape == (256, 128, 256)
+        assert 120 < len(rec["kept"]["coronal"]) <= image.shape[1] and set(np.unique(native)) == {0, 1, 2}
+    assert n_slices == sum(len(meta["subjects"][s]["kept"]["axial"]) for s in meta["subjects"])

@@ -12,11 +12,12 @@ import pytest
 
 from conftest import cohort_zip, make_project, make_tiny_archive, run, set_params
 
-STAGES = ("fetch", "unzip", "split", "train", "evaluate")
+STAGES = ("fetch", "unzip", "split", "train@axial", "bundle", "evaluate")  # a slice archive: one view
+VIEW_STAGES = ("train@axial", "train@coronal", "train@sagittal")
 
 
 def ran(output):
-    return {s for s in STAGES if f"Running stage '{s}'" in output}
+    return {s for s in STAGES + VIEW_STAGES if f"Running stage '{s}'" in output}
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def project(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     archive = make_tiny_archive(tmp / "tiny.zip", n=30)
     proj = make_project(tmp / "proj", {"data.archive": str(archive), "train.epochs": 2, "split.test_size": 6,
-                                       "evaluate.num_examples": 3})
+                                       "evaluate.num_examples": 3, "views": {"axial": {}}})
     out = run(["dvc", "repro"], proj).stdout
     assert ran(out) == set(STAGES)
     return proj
@@ -39,7 +40,7 @@ def test_repro_writes_metrics_and_reports(project):
         assert (project / "reports" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = pd.read_csv(project / "data" / "manifest.csv")
     assert manifest["split"].value_counts().to_dict() == {"train": 24, "test": 6}
-    loss = pd.read_csv(project / "reports/train/plots/metrics/test/loss.tsv", sep="\t")
+    loss = pd.read_csv(project / "reports/train/axial/plots/metrics/test/loss.tsv", sep="\t")
     assert list(loss["step"]) == [1, 2]
 
 
@@ -52,7 +53,7 @@ def test_exp_run_resnet_reruns_only_train_and_evaluate_and_metrics_diff(project)
     run("git add -A && git commit -qm 'unet baseline'", project)
     before = json.loads((project / "reports" / "metrics.json").read_text())
     out = run(["dvc", "exp", "run", "-S", "model=resnet", "-S", "train.pretrained=false"], project).stdout
-    assert ran(out) == {"train", "evaluate"}
+    assert ran(out) == {"train@axial", "bundle", "evaluate"}
     after = json.loads((project / "reports" / "metrics.json").read_text())
     assert after != before
     diff = run(["dvc", "metrics", "diff", "--json"], project).stdout
@@ -69,7 +70,7 @@ def test_exp_run_resnet_reruns_only_train_and_evaluate_and_metrics_diff(project)
 
 def test_split_param_reruns_split_train_evaluate(project):
     out = run(["dvc", "exp", "run", "-S", "split.seed=7"], project).stdout
-    assert ran(out) == {"split", "train", "evaluate"}
+    assert ran(out) == {"split", "train@axial", "bundle", "evaluate"}
 
 
 def test_bad_archive_fails_unzip_cleanly_and_keeps_good_data(project, tmp_path):
@@ -90,9 +91,9 @@ def test_bad_archive_fails_unzip_cleanly_and_keeps_good_data(project, tmp_path):
 
 def test_killed_dvc_train_resumes(project):
     set_params(project, {"train.epochs": 40})
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    resume = project / "models" / "resume.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train@axial"], cwd=project, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    resume = project / "models" / "resume" / "axial.pt"
     deadline = time.time() + 300
     while not resume.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -100,9 +101,9 @@ def test_killed_dvc_train_resumes(project):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert resume.exists(), "training wrote no per-epoch resume file"
-    out = run(["dvc", "repro", "train"], project).stdout
-    assert "resuming from models/resume.pt after epoch" in out
-    steps = pd.read_csv(project / "reports/train/plots/metrics/train/loss.tsv", sep="\t")["step"]
+    out = run(["dvc", "repro", "train@axial"], project).stdout
+    assert "resuming from models/resume/axial.pt after epoch" in out
+    steps = pd.read_csv(project / "reports/train/axial/plots/metrics/train/loss.tsv", sep="\t")["step"]
     assert list(steps) == list(range(1, 41)), "the resumed curve continues without gaps or repeats"
     assert not resume.exists()
     run("git checkout -q params.yaml", project)
@@ -116,7 +117,7 @@ def cohort_project(tmp_path_factory):
     proj = make_project(tmp / "proj", {"data.archive": str(archive), "data.min_tissue": 10, "train.epochs": 3,
                                        "split.test_size": 2, "evaluate.num_examples": 3})
     out = run(["dvc", "repro"], proj).stdout
-    assert ran(out) == set(STAGES) and "preprocessed 5 subjects" in out
+    assert ran(out) == set(STAGES + VIEW_STAGES) and "preprocessed 5 subjects" in out
     return proj, archive
 
 
@@ -129,12 +130,28 @@ def test_cohort_of_volumes_trains_and_is_scored_per_subject_in_3d(cohort_project
     subjects = pd.read_csv(project / "reports" / "subjects.csv")
     assert sorted(subjects["subject"]) == sorted(set(manifest.loc[manifest["split"] == "test", "subject"]))
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
-    assert metrics["test_subjects"] == 2 and 0 <= metrics["iou"] <= 1
+    assert metrics["test_subjects"] == 2
     for key in ("dice_white_matter", "dice_gray_matter", "volume_error_white_matter"):
-        assert metrics["per_subject"][key]["mean"] == pytest.approx(subjects[key].mean(), abs=1e-5)
+        assert metrics[key] == metrics["per_subject"][key]["mean"] == pytest.approx(subjects[key].mean(), abs=1e-5)
         assert metrics["per_subject"][key]["sd"] == pytest.approx(subjects[key].std(), abs=1e-5)
+    # Each view alone is scored too, so that `dvc metrics` shows what the aggregate gains.
+    assert sorted(metrics["views"]) == ["axial", "coronal", "sagittal"]
+    assert all(0 <= metrics["views"][v]["dice_white_matter"] <= 1 for v in metrics["views"])
+    assert len({metrics["views"][v]["dice_gray_matter"] for v in metrics["views"]}) == 3  # three networks
     assert (subjects["manual_white_matter_ml"] > 0).all()
     assert ran(run(["dvc", "repro"], project).stdout) == set()
+
+
+def test_one_views_params_rerun_only_that_view_and_weights_only_the_bundle(cohort_project):
+    project, _ = cohort_project
+    run("git add -A && git commit -qm 'three views'", project)
+    out = run(["dvc", "exp", "run", "-S", "+views.coronal.epochs=1"], project).stdout
+    assert ran(out) == {"train@coronal", "bundle", "evaluate"}
+    out = run(["dvc", "exp", "run", "-S", "aggregate.weights.sagittal=0"], project).stdout
+    assert ran(out) == {"bundle", "evaluate"}
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert metrics["views"]["sagittal"] != {}  # still scored alone; it only no longer counts in the aggregate
+    run("git checkout -q params.yaml dvc.lock && dvc checkout -q", project)
 
 
 def test_evaluate_stage_and_predict_give_a_volume_the_same_dice(cohort_project, tmp_path):

@@ -9,13 +9,15 @@ label geometry unlike the image's, label values outside the preset, NaN/inf voxe
 data.max_volume_mb, duplicate subject ids, and (as for slice archives) zip-slip paths, symlinks and
 declared sizes over data.max_extracted_mb.
 
-Each subject is preprocessed once, as make-archive does (RAS+, in-plane resampled to data.pixel_size
-with labels resampled per class, normalised on its own, cut along data.axis), and written uncompressed:
+Each subject is preprocessed once onto its working grid: RAS+, resampled to data.pixel_size mm on all
+three axes (an isotropic grid, so that axial, coronal and sagittal slices all have square pixels of the
+size the networks train on; labels resampled per class), normalised on its own, cropped to the head
+(volumes.crop_to_foreground, as prediction crops). Written uncompressed:
 
-    volumes/<subject>.image.npy   float32 (slices, rows, cols)  what training and evaluation read (mmap)
+    volumes/<subject>.image.npy   float32 (X, Y, Z) working volume; every view reads its slices (mmap)
     volumes/<subject>.labels.npy  uint8, same shape
     volumes/<subject>.native.npy  uint8 labels on the image's own voxel grid, for 3-D scoring
-    mriseg.json                   how they were made, and per subject its grids and trained-on slices
+    mriseg.json                   how they were made, per subject its grids and, per view, trained-on slices
     files.json                    sha256 of every file written (the resume fingerprint reads it)
 """
 import json
@@ -29,9 +31,8 @@ from tqdm import tqdm
 
 from .archive import IMAGE_DIR, ArchiveError, _check_entry, _ignored, _read, save_hashed, write_hashes
 from .io import replace_dir
-from .make_archive import (SourceError, choose_axis, find_subjects, parse_labels, preprocess_subject,
-                           tissue_slices, volume_header)
-from .volumes import NORMALIZATION, VolumeError, is_volume
+from .make_archive import SourceError, find_subjects, parse_labels, tissue_slices, volume_header, working_volumes
+from .volumes import NORMALIZATION, VIEWS, VolumeError, crop_to_foreground, is_volume, to_slices
 
 LAYOUT = "volumes"
 
@@ -48,7 +49,7 @@ def holds_volumes(archive):
     return not slices and any(is_volume(n) for n in names)
 
 
-def prepare_cohort(archive, dest, labels="ibsr", axis="auto", pixel_size=1.0, min_tissue=100,
+def prepare_cohort(archive, dest, labels="ibsr", pixel_size=1.0, min_tissue=100,
                    max_volume_mb=1024, max_extracted_mb=4096):
     """Validate and preprocess every subject of a volume zip into dest; returns (subjects, slices kept).
 
@@ -78,7 +79,7 @@ def prepare_cohort(archive, dest, labels="ibsr", axis="auto", pixel_size=1.0, mi
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(_read(zf, info, archive))
         try:
-            n_subjects, n_slices = _preprocess(raw, out, labels, axis, pixel_size, min_tissue, max_volume_mb)
+            n_subjects, n_slices = _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb)
         except (SourceError, VolumeError) as e:  # name the zip's entry, not the temporary copy
             message = str(e)
             for temporary in (f"{raw}/: ", f"{raw}: ", f"{raw}/"):
@@ -91,7 +92,7 @@ def prepare_cohort(archive, dest, labels="ibsr", axis="auto", pixel_size=1.0, mi
         shutil.rmtree(out, ignore_errors=True)
 
 
-def _preprocess(raw, out, labels, axis, pixel_size, min_tissue, max_volume_mb):
+def _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb):
     subjects = find_subjects(raw, labels, strict=True)
     for _, image_path, label_paths in subjects:
         for path in (image_path, *label_paths):
@@ -100,25 +101,23 @@ def _preprocess(raw, out, labels, axis, pixel_size, min_tissue, max_volume_mb):
             if size > max_volume_mb * 2**20:
                 raise SourceError(f"{path}: {size / 2**20:.4g} MB of voxels, over the {max_volume_mb} MB cap "
                                   "(data.max_volume_mb)")
-    if axis == "auto":
-        axis = choose_axis(subjects)
     (out / LAYOUT).mkdir()
     hashes, records, kept_total = {}, {}, 0
     for subject, image_path, label_paths in tqdm(subjects, desc="preprocess", unit="subject"):
-        images, masks, work_affine, native, img3 = preprocess_subject(image_path, label_paths, labels, axis,
-                                                                       pixel_size)
-        kept = tissue_slices(masks, min_tissue)
-        for kind, array in (("image", images.astype(np.float32)), ("labels", masks), ("native", native)):
+        image, mask, work_affine, native, img3 = working_volumes(image_path, label_paths, labels, None, pixel_size)
+        image, work_affine, box = crop_to_foreground(image, work_affine)  # as prediction crops
+        mask = mask[box]
+        kept = {view: tissue_slices(to_slices(mask, view), min_tissue) for view in VIEWS}
+        for kind, array in (("image", image.astype(np.float32)), ("labels", mask), ("native", native)):
             save_hashed(out, f"{LAYOUT}/{subject}.{kind}.npy", array, hashes)
-        records[subject] = {"source": image_path.relative_to(raw).as_posix(), "slices": len(images),
-                            "slice_shape": list(images.shape[1:]), "kept": kept,
-                            "work_affine": np.asarray(work_affine).tolist(),
+        records[subject] = {"source": image_path.relative_to(raw).as_posix(), "shape": list(image.shape),
+                            "kept": kept, "work_affine": np.asarray(work_affine).tolist(),
                             "native_affine": np.asarray(img3.affine).tolist(), "native_shape": list(img3.shape),
                             "native_voxel_ml": float(np.prod(img3.header.get_zooms()[:3])) / 1000.0}
-        kept_total += len(kept)
+        kept_total += len(kept["axial"])
     if not kept_total:
         raise SourceError(f"{raw}/: no slice has {min_tissue} tissue pixels (check data.labels)")
-    metadata = {"source": "mriseg cohort", "layout": LAYOUT, "axis": axis, "normalization": NORMALIZATION,
+    metadata = {"source": "mriseg cohort", "layout": LAYOUT, "grid": "isotropic", "normalization": NORMALIZATION,
                 "pixel_size_mm": [pixel_size, pixel_size] if pixel_size else None,
                 "labels": labels if isinstance(labels, str) else {str(k): v for k, v in labels.items()},
                 "min_tissue": min_tissue, "subjects": records}

@@ -11,12 +11,13 @@ import torch
 
 from .archive import mask_name, slice_index
 from .io import atomic_path
-from .volumes import NORMALIZATION, pad_margins, pad_slices
+from .volumes import NORMALIZATION, VIEWS, pad_margins, pad_slices, view_shape, view_slice
 
 # Archives made by `mriseg make-archive` name images sub-<subject>_slice-<n>_<ix>.npy.
 SUBJECT_NAME = re.compile(r"^sub-(?P<subject>.+)_slice-(?P<slice>\d+)_[^_]+$")
-# z: the slice's row in a cohort's (slices, rows, cols) volume file; -1 for a one-slice .npy file.
-MANIFEST_COLUMNS = ["image", "mask", "ix", "subject", "slice", "z", "split"]
+# view: the plane the slice is cut in; z: its index along that plane's axis in a cohort's (X, Y, Z) volume
+# file, -1 for a one-slice .npy file.
+MANIFEST_COLUMNS = ["image", "mask", "ix", "subject", "slice", "view", "z", "split"]
 
 
 def natural_key(text):
@@ -24,8 +25,9 @@ def natural_key(text):
 
 
 def list_pairs(root):
-    """(image, mask, ix, subject, slice, z) for every training slice of an unzipped archive, in a fixed order:
-    the pairs of a slice archive, or the kept slices of each subject of a cohort (cohort.py)."""
+    """(image, mask, ix, subject, slice, view, z) for every training slice of an unzipped archive, in a fixed
+    order: the pairs of a slice archive (in its one plane), or the kept slices of each subject of a cohort
+    in each of the three views (cohort.py)."""
     root = Path(root)
     meta_path = root / "mriseg.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
@@ -33,15 +35,18 @@ def list_pairs(root):
         rows = []
         for subject in sorted(meta["subjects"], key=natural_key):
             base = (root / "volumes" / subject).as_posix()
-            rows += [{"image": f"{base}.image.npy", "mask": f"{base}.labels.npy", "ix": f"{subject}:{z}",
-                      "subject": subject, "slice": z, "z": z} for z in meta["subjects"][subject]["kept"]]
+            for view, kept in meta["subjects"][subject]["kept"].items():
+                rows += [{"image": f"{base}.image.npy", "mask": f"{base}.labels.npy", "ix": f"{subject}:{view}:{z}",
+                          "subject": subject, "slice": z, "view": view, "z": z} for z in kept]
         return rows
+    view = meta.get("axis", "axial")
     rows = []
     for image in (root / "MRIs").glob("*.npy"):
         m = SUBJECT_NAME.match(image.stem)
         rows.append({"image": image.as_posix(), "mask": (root / "Segmentations" / mask_name(image.name)).as_posix(),
                      "ix": slice_index(image.name),
-                     "subject": m["subject"] if m else "", "slice": int(m["slice"]) if m else -1, "z": -1})
+                     "subject": m["subject"] if m else "", "slice": int(m["slice"]) if m else -1, "view": view,
+                     "z": -1})
     if not rows:
         raise SystemExit(f"{root}/MRIs: no images (run the unzip stage first)")
     return sorted(rows, key=pair_order)
@@ -92,6 +97,8 @@ def read_manifest(path):
     df = pd.read_csv(path, dtype={"ix": str, "subject": str}, keep_default_na=False)
     if "z" not in df.columns:  # manifests of slice archives written before cohorts existed
         df["z"] = -1
+    if "view" not in df.columns:  # ... and before views
+        df["view"] = "axial"
     missing = set(MANIFEST_COLUMNS) - set(df.columns)
     if missing:
         raise SystemExit(f"{path}: not a split manifest (missing columns {sorted(missing)})")
@@ -104,7 +111,14 @@ def archive_metadata(root):
     path = Path(root) / "mriseg.json"
     meta = json.loads(path.read_text()) if path.exists() else {}
     return {"axis": meta.get("axis", "axial"), "normalization": meta.get("normalization", NORMALIZATION),
-            "pixel_size_mm": meta.get("pixel_size_mm"), "layout": meta.get("layout", "slices")}
+            "pixel_size_mm": meta.get("pixel_size_mm"), "layout": meta.get("layout", "slices"),
+            "grid": meta.get("grid", "inplane")}
+
+
+def archive_views(root):
+    """The planes an unzipped archive can be cut in: all three for a cohort, its own for a slice archive."""
+    meta = archive_metadata(root)
+    return VIEWS if meta["layout"] == "volumes" else (meta["axis"],)
 
 
 def usable_context(manifest, context, log=print):
@@ -127,10 +141,11 @@ def data_id(manifest_path, root):
 
 
 class SliceDataset(torch.utils.data.Dataset):
-    """The slices of one split, read from disk when asked for: (image [C,H,W] float32, mask [H,W] uint8).
+    """The slices of one split (in one view, when given), read from disk when asked for: (image [C,H,W]
+    float32, mask [H,W] uint8).
 
-    C = 2 * context + 1: each slice with its neighbours as channels (2.5D). A cohort's slice takes the
-    real neighbouring rows of its memory-mapped volume; a slice archive's slice the files of the same
+    C = 2 * context + 1: each slice with its neighbours as channels (2.5D). A cohort's slice is cut from its
+    memory-mapped (X, Y, Z) volume in its view's plane, with the real neighbouring slices of that plane; a slice archive's slice the files of the same
     subject at slice +- d (from the whole manifest: in a slice split an image may borrow its neighbour's
     pixels, never its labels). A missing neighbour (past the volume, or unknown) repeats the slice itself,
     as in prediction. Each slice is centred in the next multiple of 16 (volumes.pad_slices, the rule
@@ -141,9 +156,13 @@ class SliceDataset(torch.utils.data.Dataset):
 
     MAX_OPEN = 256  # memory maps kept open per process (a process may hold ~65,000)
 
-    def __init__(self, manifest, split, context=0):
-        self.rows = manifest[manifest["split"] == split].reset_index(drop=True)
+    def __init__(self, manifest, split, context=0, view=None):
+        keep = manifest["split"] == split
+        if view is not None:
+            keep &= manifest["view"] == view
+        self.rows = manifest[keep].reset_index(drop=True)
         self.context = context
+        self.views = list(self.rows["view"])
         self.images, self.masks = list(self.rows["image"]), list(self.rows["mask"])
         self.z = [int(z) for z in self.rows["z"]]
         self.neighbours = None
@@ -172,9 +191,10 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def _frame(self):
         shapes = {}
-        for path in self.images:
-            if path not in shapes:
-                shapes[path] = pad_margins(*self._array(path).shape[-2:])[2:]
+        for path, view in zip(self.images, self.views):
+            if (path, view) not in shapes:
+                shape = self._array(path).shape
+                shapes[path, view] = pad_margins(*(view_shape(shape, view)[1:] if len(shape) == 3 else shape))[2:]
         return (max(s[0] for s in shapes.values()), max(s[1] for s in shapes.values())) if shapes else (16, 16)
 
     def __len__(self):
@@ -183,9 +203,10 @@ class SliceDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         z = self.z[i]
         if z >= 0:
-            volume = self._array(self.images[i])
-            x = volume[[z + d if 0 <= z + d < len(volume) else z for d in self.offsets()]]
-            y = self._array(self.masks[i])[z]
+            volume, view = self._array(self.images[i]), self.views[i]
+            n = view_shape(volume.shape, view)[0]
+            x = np.stack([view_slice(volume, view, z + d if 0 <= z + d < n else z) for d in self.offsets()])
+            y = view_slice(self._array(self.masks[i]), view, z)
         else:
             paths = self.neighbours[i] if self.neighbours else [self.images[i]] * len(self.offsets())
             x = np.stack([self._array(p) for p in paths])

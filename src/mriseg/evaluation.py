@@ -33,22 +33,34 @@ def score(model, ckpt, dataset, batch_size, device, with_confusion=False):
 
 
 def cohort_subject_scores(predictor, root, subjects):
-    """Each subject of an unzipped cohort (cohort.py) predicted as `mriseg predict` predicts a volume (all
-    its slices, probabilities back on its own voxel grid) and scored against its manual labels there."""
+    """Each subject of an unzipped cohort (cohort.py) predicted as `mriseg predict` predicts a volume (every
+    view, probabilities averaged, back on its own voxel grid) and scored against its manual labels there.
+    Returns (rows of the aggregate, {view: rows of that view alone} when there are several views)."""
     import nibabel as nib
+
+    from .volumes import view_shape
 
     root = Path(root)
     meta = json.loads((root / "mriseg.json").read_text())
-    rows = []
+    rows, view_rows = [], {v.name: [] for v in predictor.views} if len(predictor.views) > 1 else {}
     for subject in subjects:
         rec = meta["subjects"][subject]
-        slices = np.load(root / "volumes" / f"{subject}.image.npy", mmap_mode="r")
+        volume = np.load(root / "volumes" / f"{subject}.image.npy")
         reference = nib.Nifti1Image(np.zeros(rec["native_shape"], np.uint8), np.array(rec["native_affine"]))
-        pred = predictor.on_input_grid(predictor.probabilities(slices), np.array(rec["work_affine"]), reference)
         truth = np.load(root / "volumes" / f"{subject}.native.npy")
-        rows.append({"subject": subject, "slices": rec["slices"],
-                     **subject_scores(confusion_of(pred, truth), rec["native_voxel_ml"])})
-    return rows
+        work_affine = np.array(rec["work_affine"])
+        n = view_shape(volume.shape, predictor.views[0].axis)[0]
+
+        def scored(probs):
+            pred = predictor.on_input_grid(probs, work_affine, reference)
+            return {"subject": subject, "slices": n, **subject_scores(confusion_of(pred, truth), rec["native_voxel_ml"])}
+
+        def each(view, probs):
+            if view_rows:
+                view_rows[view.name].append(scored(probs))
+
+        rows.append(scored(predictor.volume_probabilities(volume, each)))
+    return rows, view_rows
 
 
 def slice_subject_scores(model, ckpt, dataset, batch_size, device):
@@ -63,18 +75,19 @@ def slice_subject_scores(model, ckpt, dataset, batch_size, device):
     return rows
 
 
-def score_split(model, ckpt, root, dataset, batch_size, device):
-    """(slice metrics, per-subject rows) of a split of an unzipped archive at root."""
-    from .data import archive_metadata
-    from .prediction import Predictor
+def score_split(predictor, root, dataset, batch_size):
+    """(slice metrics, per-subject rows, {view: per-subject rows}) of a split of an unzipped archive at root.
 
-    overall = score(model, ckpt, dataset, batch_size, device)
+    A cohort's subjects are scored in 3-D, aggregated over the views and each view alone (slice metrics:
+    none, the views cut different slices); a slice archive's over its slices by its one network."""
+    from .data import archive_metadata
+
     if archive_metadata(root)["layout"] == "volumes":
-        subjects = sorted(set(dataset.rows["subject"]))
-        rows = cohort_subject_scores(Predictor.from_model(model, ckpt, device, batch_size), root, subjects)
-    else:
-        rows = slice_subject_scores(model, ckpt, dataset, batch_size, device)
-    return overall, rows
+        rows, view_rows = cohort_subject_scores(predictor, root, sorted(set(dataset.rows["subject"])))
+        return {}, rows, view_rows
+    device, ckpt = predictor.device, predictor.ckpt
+    overall = score(predictor.model, ckpt, dataset, batch_size, device)
+    return overall, slice_subject_scores(predictor.model, ckpt, dataset, batch_size, device), {}
 
 
 def write_subjects(rows, path):
@@ -94,15 +107,14 @@ def mismatches(meta, ckpt):
 
 
 def unpack_archive(archive, root, ckpt, labels=None):
-    """Validate and unpack a slice archive or a cohort of volumes into root, the latter sliced as the model
-    was trained (its plane and pixel size) with labels mapped by `labels` (default ibsr)."""
+    """Validate and unpack a slice archive or a cohort of volumes into root, the latter on the model's
+    pixel size with labels mapped by `labels` (default ibsr)."""
     from .archive import extract_archive
     from .cohort import holds_volumes, prepare_cohort
 
     if holds_volumes(archive):
         pixel = ckpt.get("pixel_size_mm")
-        prepare_cohort(archive, root, labels=labels or "ibsr", axis=ckpt["axis"],
-                       pixel_size=pixel[0] if pixel else None)
+        prepare_cohort(archive, root, labels=labels or "ibsr", pixel_size=pixel[0] if pixel else None)
     else:
         extract_archive(archive, root)
 
@@ -110,16 +122,15 @@ def unpack_archive(archive, root, ckpt, labels=None):
 def evaluate_archive(checkpoint, archive, device="auto", batch_size=32, labels=None, log=print):
     """{'overall': metrics, 'subjects': {subject: metrics}} of a checkpoint on every subject of an archive.
 
-    Overall metrics are the evaluate stage's (reports/metrics.json) with the number of slices; subjects come
-    from a cohort's volumes or make-archive's file names (none for archives without them).
+    Overall metrics are the evaluate stage's (reports/metrics.json) with the number of slices: a slice
+    archive's slice metrics, a cohort's per-subject 3-D scores averaged. Subjects come from a cohort's
+    volumes or make-archive's file names (none for archives without them).
     """
     from .data import MANIFEST_COLUMNS, SliceDataset, list_pairs
-    from .models import load_checkpoint
-    from .training import pick_device
+    from .prediction import Predictor
 
-    device = pick_device(device, where="--device")
-    model, ckpt = load_checkpoint(checkpoint, device)
-    context = int(ckpt.get("context", 0))
+    predictor = Predictor(checkpoint, device, batch_size)
+    ckpt, context = predictor.ckpt, predictor.context
     with tempfile.TemporaryDirectory(prefix="mriseg-evaluate-") as tmp:
         root = Path(tmp) / "MRIs"
         unpack_archive(archive, root, ckpt, labels)
@@ -131,8 +142,10 @@ def evaluate_archive(checkpoint, archive, device="auto", batch_size=32, labels=N
         for what in mismatches(json.loads(recorded.read_text()) if recorded.exists() else {}, ckpt):
             log(f"evaluate: note: {archive}: slices differ from the model's training slices: {what} "
                 f"(rebuild it with `mriseg make-archive --like {checkpoint}`)")
-        dataset = SliceDataset(manifest, "test", context)
-        overall, rows = score_split(model, ckpt, root, dataset, batch_size, device)
+        dataset = SliceDataset(manifest, "test", context, view=predictor.views[0].axis)
+        overall, rows, _ = score_split(predictor, root, dataset, batch_size)
+        if not overall:
+            overall = pd.DataFrame(rows).drop(columns=["subject", "slices"]).mean().to_dict()
     return {"archive": str(archive), "model": str(checkpoint), "overall": {**overall, "slices": len(dataset)},
             "subjects": {r["subject"]: {k: v for k, v in r.items() if k != "subject"} for r in rows}}
 

@@ -84,7 +84,7 @@ def fetch_archive(source, dest, sha256=None, **download_kw):
     with atomic_path(dest) as tmp:
         if source == "sample":
             n = build_sample_archive(tmp)
-            print(f"built the MNI152 sample archive: {n} axial slices")
+            print(f"built the MNI152 sample archive: {n} labelled volumes")
         elif scheme in ("http", "https"):
             download(source, tmp, **download_kw)
         elif scheme in ("", "file"):

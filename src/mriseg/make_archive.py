@@ -173,20 +173,25 @@ def load_labels(label_paths, labels, image_path, img3):
     return map_labels(volumes, labels)
 
 
-def preprocess_subject(image_path, label_paths, labels, axis, pixel_size):
-    """An image and its labels as training reads them: (image slices float32 (n, H, W), label slices
-    uint8, the working grid's affine, the labels mapped to the three classes on the image's own grid, the
-    image's own 3-D image). RAS+, in-plane resampled to pixel_size (labels per class), normalised, cut
-    along axis."""
+def working_volumes(image_path, label_paths, labels, axis, pixel_size):
+    """An image and its labels on the working grid: (normalised image (X, Y, Z) float32, labels uint8,
+    the grid's affine, the labels mapped to the three classes on the image's own grid, the image's own 3-D
+    image). RAS+, resampled to pixel_size mm in the plane of `axis` (None: on all three axes), labels per
+    class."""
     import nibabel as nib
 
     img, img3 = load_volume(image_path)
     native = load_labels(label_paths, labels, image_path, img3)
     image = resample_inplane(img3, axis, pixel_size, order=1)
     mask = resample_labels(nib.Nifti1Image(native, img3.affine), axis, pixel_size)
-    images = to_slices(normalize_volume(np.asanyarray(image.dataobj)), axis)
-    masks = to_slices(np.rint(np.asanyarray(mask.dataobj)).astype(np.uint8), axis)
-    return images, masks, image.affine, native, img3
+    return (normalize_volume(np.asanyarray(image.dataobj)), np.rint(np.asanyarray(mask.dataobj)).astype(np.uint8),
+            image.affine, native, img3)
+
+
+def preprocess_subject(image_path, label_paths, labels, axis, pixel_size):
+    """working_volumes' image and labels cut along axis into (n, H, W) slices."""
+    image, mask, affine, native, img3 = working_volumes(image_path, label_paths, labels, axis, pixel_size)
+    return to_slices(image, axis), to_slices(mask, axis), affine, native, img3
 
 
 def tissue_slices(masks, min_tissue):

@@ -162,16 +162,24 @@ class CheckpointError(ValueError):
 CHECKPOINT_KEYS = ("model", "state_dict", "normalization", "axis", "activation")
 
 
-def load_checkpoint(path, device="cpu"):
-    """Rebuild a trained model from models/model.pt (loaded with weights_only=True: no pickle code)."""
+def read_checkpoint(path, device="cpu"):
+    """The checkpoint's dict, loaded with weights_only=True (no pickle code): one network, or a bundle of
+    views ({"views": {view: checkpoint}, "weights": {view: weight}}, written by the bundle stage)."""
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint (train a model with `dvc repro train`)") from None
+        raise CheckpointError(f"{path}: no such checkpoint (train a model with `dvc repro`)") from None
     except Exception as e:
         raise CheckpointError(f"{path}: not a loadable mriseg checkpoint ({first_line(e)})") from None
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
-        missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not an mriseg checkpoint")
+    return ckpt
+
+
+def build_network(ckpt, path, device="cpu"):
+    """The network one checkpoint dict describes, with its weights, in eval mode."""
+    if any(k not in ckpt for k in CHECKPOINT_KEYS):
+        missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
         raise CheckpointError(f"{path}: not an mriseg checkpoint (missing {', '.join(missing)})")
     if ckpt["model"] not in MODELS:
         raise CheckpointError(f"{path}: unknown model {ckpt['model']!r}")
@@ -184,4 +192,48 @@ def load_checkpoint(path, device="cpu"):
         raise CheckpointError(f"{path}: weights do not fit the {ckpt['model']} network ({first_line(e)})") from None
     if ckpt.get("flip_tta"):
         model = FlipAveraged(model, ckpt["activation"])
-    return model.to(device).eval(), ckpt
+    return model.to(device).eval()
+
+
+def load_views(path, device="cpu"):
+    """[(view, network, its checkpoint dict, weight)]: every view of a bundle, or a single network as one
+    view of weight 1."""
+    ckpt = read_checkpoint(path, device)
+    if "views" not in ckpt:
+        return [(ckpt.get("axis", "axial"), build_network(ckpt, path, device), ckpt, 1.0)]
+    views, weights = ckpt["views"], ckpt.get("weights", {})
+    if not isinstance(views, dict) or not views:
+        raise CheckpointError(f"{path}: a bundle without views")
+    return [(view, build_network(sub, f"{path} ({view})", device), sub, float(weights.get(view, 1.0)))
+            for view, sub in views.items()]
+
+
+def load_checkpoint(path, device="cpu"):
+    """(network, checkpoint dict) of one network; of a bundle's first view."""
+    view, model, ckpt, _ = load_views(path, device)[0]
+    return model, ckpt
+
+
+SHARED_RULES = ("normalization", "pixel_size_mm", "grid")
+
+
+def bundle_views(paths, weights, out_path):
+    """{view: checkpoint path} + {view: weight} -> one file holding every view (see load_views). The views
+    must share the rules that make one working volume for all of them."""
+    from .io import atomic_path
+
+    views = {}
+    for view, path in paths.items():
+        ckpt = read_checkpoint(path)
+        build_network(ckpt, path)  # fails here, not at prediction, on weights that do not fit
+        first = next(iter(views.values()), ckpt)
+        for key in SHARED_RULES:
+            if ckpt.get(key) != first.get(key):
+                raise CheckpointError(f"{path}: {key} {ckpt.get(key)!r} differs from the other views' "
+                                      f"{first.get(key)!r}: retrain the views on one archive")
+        views[view] = ckpt
+    weights = {view: float(weights.get(view, 1.0)) for view in views}
+    if not views or sum(weights.values()) <= 0:
+        raise CheckpointError(f"{out_path}: no view to bundle, or weights summing to 0 ({weights})")
+    with atomic_path(out_path) as tmp:
+        torch.save({"format": 2, "views": views, "weights": weights}, tmp)

@@ -5,10 +5,10 @@ import yaml
 
 from .make_archive import SourceError, parse_labels
 from .models import MODELS
+from .volumes import VIEWS
 
 CHOICES = {
     "split.by": ("auto", "subject", "slice"),
-    "data.axis": ("auto", "axial", "coronal", "sagittal"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.recipe": ("mriseg", "tutorial"),
     "train.loss": ("bce", "ce", "dice_ce"),
@@ -46,12 +46,32 @@ def load_params(path="params.yaml"):
     check_value(params, path, "data.min_tissue", 100, whole, "a whole number >= 0", "tissue pixels of a trained slice")
     check_value(params, path, "data.max_volume_mb", 1024, lambda v: number(v) and v > 0, "a number > 0",
                 "largest volume accepted")
+    check_views(params, path)
     labels = params.get("data", {}).get("labels", "ibsr")
     try:
         parse_labels(str(labels))
     except SourceError as e:
         raise SystemExit(f"{path}: data.labels: {e}") from None
     return params
+
+
+def check_views(params, path):
+    """views: a mapping of planes to changes of train settings; aggregate.weights: a number >= 0 per view."""
+    views = params.setdefault("views", {"axial": {}})
+    if not isinstance(views, dict) or not views or any(v not in VIEWS for v in views):
+        raise SystemExit(f"{path}: views must map one or more of {VIEWS} to their changes of train ({{}} for "
+                         f"none), got {views!r}")
+    for view, changes in views.items():
+        if changes is not None and not isinstance(changes, dict):
+            raise SystemExit(f"{path}: views.{view} must be a mapping of train settings ({{}} for none), got {changes!r}")
+        unknown = sorted(set(changes or {}) - set(params.get("train", {})))
+        if unknown:
+            raise SystemExit(f"{path}: views.{view}.{unknown[0]}: not a train setting")
+    weights = params.setdefault("aggregate", {}).setdefault("weights", {})
+    bad = {v: w for v, w in (weights or {}).items()
+           if v not in VIEWS or isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0}
+    if not isinstance(weights, dict) or bad:
+        raise SystemExit(f"{path}: aggregate.weights must map views to numbers >= 0, got {bad or weights!r}")
 
 
 def check_value(params, path, key, default, is_valid, requirement, meaning):

@@ -126,35 +126,54 @@ def brain_slices(labels, n=5):
     return has[np.linspace(0, len(has) - 1, min(n, len(has))).round().astype(int)]
 
 
+class View:
+    """One trained network and the rules it was trained with: its plane, neighbouring slices, tta."""
+
+    def __init__(self, name, model, ckpt, weight):
+        self.name, self.model, self.ckpt, self.weight = name, model, ckpt, weight
+        self.axis = ckpt.get("axis", name)
+        self.amp = ckpt.get("train", {}).get("amp", True)
+        self.context = int(ckpt.get("context", 0))
+
+
 class Predictor:
-    """A trained model and the rules it was trained with (normalisation, axis, pixel size)."""
+    """Trained views (one network per plane) and the rules they share (normalisation, grid, pixel size).
+
+    A volume is resampled once onto the working grid; each view cuts it into slices in its plane and
+    predicts class probabilities, put back into the volume; their weighted mean (FastSurfer's view
+    aggregation) gives the labels, brought back to the input's own grid. Averaging on the working grid
+    and then resampling linearly equals resampling each view and then averaging.
+    """
 
     def __init__(self, checkpoint, device="auto", batch_size=32):
-        from .models import load_checkpoint
+        from .models import load_views
         from .training import pick_device
 
         device = pick_device(device, where="--device")
-        self.setup(*load_checkpoint(checkpoint, device), device, batch_size)
+        self.setup([View(*v) for v in load_views(checkpoint, device)], device, batch_size)
 
     @classmethod
     def from_model(cls, model, ckpt, device, batch_size=32):
         predictor = cls.__new__(cls)
-        predictor.setup(model, ckpt, device, batch_size)
+        predictor.setup([View(ckpt.get("axis", "axial"), model, ckpt, 1.0)], device, batch_size)
         return predictor
 
-    def setup(self, model, ckpt, device, batch_size):
-        self.model, self.ckpt, self.device, self.batch_size = model, ckpt, device, batch_size
-        self.amp = ckpt.get("train", {}).get("amp", True)
-        pixel = ckpt.get("pixel_size_mm")
+    def setup(self, views, device, batch_size):
+        self.views, self.device, self.batch_size = views, device, batch_size
+        self.ckpt = views[0].ckpt  # rules every view shares (checked by the bundle stage)
+        pixel = self.ckpt.get("pixel_size_mm")
         self.pixel_size = float(pixel[0]) if pixel else None
-        self.context = int(ckpt.get("context", 0))
+        # Cohort-trained views share an isotropic grid; a slice archive's network its plane's in-plane grid.
+        self.grid_axis = None if self.ckpt.get("grid") == "isotropic" else self.ckpt["axis"]
+        self.model, self.context = views[0].model, views[0].context
 
     def labels(self, slices):
-        """(n, H, W) slices, in order through one volume -> (n, H, W) labels."""
+        """(n, H, W) slices, in order through one volume -> (n, H, W) labels (the first view's network)."""
         return self.probabilities(slices).argmax(axis=1).astype(np.uint8)
 
-    def probabilities(self, slices):
-        """(n, H, W) slices, in order through one volume -> (n, 3, H, W) class probabilities.
+    def probabilities(self, slices, view=None):
+        """(n, H, W) slices, in order through one volume -> (n, 3, H, W) class probabilities of a view's
+        network (default the first).
 
         A model trained with train.context > 0 gets each slice's neighbours as channels; a lone slice, or
         one at the end of the volume, stands in for its missing neighbours (as in training). Slices are
@@ -162,47 +181,70 @@ class Predictor:
         """
         from .volumes import pad_margins, pad_slices, with_context
 
+        view = view or self.views[0]
         slices = np.asarray(slices, dtype=np.float32)
         h, w = slices.shape[1:]
         if h < 16 or w < 16:  # padding would make up the whole image
             raise ValueError(f"slices of {h} x {w} pixels are too small to segment (at least 16 x 16)")
         top, left = pad_margins(h, w)[:2]
         padded = pad_slices(slices)
-        x = with_context(padded, self.context) if self.context else padded[:, None]
-        probs = predict_probabilities(self.model, torch.from_numpy(np.ascontiguousarray(x)), self.device,
-                                      self.ckpt["activation"], self.amp, self.batch_size)
+        x = with_context(padded, view.context) if view.context else padded[:, None]
+        probs = predict_probabilities(view.model, torch.from_numpy(np.ascontiguousarray(x)), self.device,
+                                      view.ckpt["activation"], view.amp, self.batch_size)
         return probs[:, :, top:top + h, left:left + w]
 
-    def working_slices(self, img3):
-        """A 3-D image as the model was trained on it: (its working grid's image, normalised slices)."""
-        from .volumes import normalize_volume, resample_inplane, to_slices
+    def working_volume(self, img3):
+        """A 3-D image as the views were trained on it: (the working grid's affine, normalised (X, Y, Z)
+        volume), cropped to the head as cohorts are (an archive's slices: not cropped)."""
+        from .volumes import crop_to_foreground, normalize_volume, resample_inplane
 
-        work = resample_inplane(img3, self.ckpt["axis"], self.pixel_size)
-        return work, to_slices(normalize_volume(np.asanyarray(work.dataobj), self.ckpt["normalization"]),
-                               self.ckpt["axis"])
+        work = resample_inplane(img3, self.grid_axis, self.pixel_size)
+        volume = normalize_volume(np.asanyarray(work.dataobj), self.ckpt["normalization"])
+        if self.grid_axis is not None:
+            return work.affine, volume
+        volume, affine, _ = crop_to_foreground(volume, work.affine)
+        return affine, volume
+
+    def view_probabilities(self, volume):
+        """Yield (view, class probabilities (3, X, Y, Z)) of each view on a normalised working volume."""
+        from .volumes import from_slices, to_slices
+
+        for view in self.views:
+            probs = self.probabilities(to_slices(volume, view.axis), view)
+            yield view, np.stack([from_slices(probs[:, k], view.axis) for k in range(probs.shape[1])])
+
+    def volume_probabilities(self, volume, each=None):
+        """The views' class probabilities (3, X, Y, Z), averaged with their weights; each(view, probs) sees
+        every view's own first (the evaluate stage scores each view alone)."""
+        total, weights = None, 0.0
+        for view, probs in self.view_probabilities(volume):
+            if each is not None:
+                each(view, probs)
+            total = probs * view.weight if total is None else total + probs * view.weight
+            weights += view.weight
+        return total / weights
 
     def on_input_grid(self, probs, work_affine, reference_img3):
-        """Slice probabilities on the working grid -> labels on the input's own voxel grid."""
-        from .volumes import back_to_grid, from_slices
+        """Class probabilities (3, X, Y, Z) on the working grid -> labels on the input's own voxel grid."""
+        from .volumes import back_to_grid
 
-        axis = self.ckpt["axis"]
-        labels = from_slices(probs.argmax(axis=1).astype(np.uint8), axis)
-        if labels.shape == reference_img3.shape and np.allclose(work_affine, reference_img3.affine):
-            return labels  # predicted on its own grid
+        if probs.shape[1:] == reference_img3.shape and np.allclose(work_affine, reference_img3.affine):
+            return probs.argmax(axis=0).astype(np.uint8)  # predicted on its own grid
         # probabilities, not labels, go back to the input's grid (see volumes.most_likely)
-        return back_to_grid([from_slices(probs[:, k], axis) for k in range(probs.shape[1])], work_affine,
-                            reference_img3)
+        return back_to_grid(list(probs), work_affine, reference_img3)
 
     def predict_volume(self, path):
         """(labels on the input's own grid and shape, input image, its 3-D image, displayed slices, displayed
-        labels)."""
-        from .volumes import load_volume
+        labels: the first view's plane)."""
+        from .volumes import load_volume, to_slices
 
         img, img3 = load_volume(path)
-        work, slices = self.working_slices(img3)
-        probs = self.probabilities(slices)
-        on_grid = self.on_input_grid(probs, work.affine, img3)
-        return on_grid.reshape(img.shape), img, img3, slices, probs.argmax(axis=1).astype(np.uint8)
+        work_affine, volume = self.working_volume(img3)
+        probs = self.volume_probabilities(volume)
+        on_grid = self.on_input_grid(probs, work_affine, img3)
+        axis = self.views[0].axis
+        return (on_grid.reshape(img.shape), img, img3, to_slices(volume, axis),
+                to_slices(probs.argmax(axis=0).astype(np.uint8), axis))
 
 
 def save_volume(img, path, ext):

@@ -18,19 +18,22 @@ def _save(fig, path):
     plt.close(fig)
 
 
-def plot_curves(history, path, title=""):
-    """Loss and tutorial IoU per epoch, for train and every scored split."""
-    epochs = [r["epoch"] for r in history]
+def plot_curves(histories, path, title=""):
+    """Loss and tutorial IoU per epoch, for train and every scored split, of each view's network
+    (histories: {view: per-epoch rows})."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric in zip(axes, ("loss", "iou")):
-        for split, style in (("train", "-o"), ("val", "-s"), ("test", "-^")):
-            key = f"{split}_{metric}"
-            if history and key in history[0]:
-                ax.plot(epochs, [r[key] for r in history], style, ms=3, label=split)
+        for (view, history), colour in zip(histories.items(), ("C0", "C1", "C2", "C3")):
+            epochs = [r["epoch"] for r in history]
+            for split, style in (("train", "-o"), ("val", "-s"), ("test", "-^")):
+                key = f"{split}_{metric}"
+                if history and key in history[0]:
+                    ax.plot(epochs, [r[key] for r in history], style, ms=3, color=colour,
+                            alpha=1.0 if split == "test" else 0.5, label=f"{view} {split}")
         ax.set_xlabel("epoch")
         ax.set_ylabel("IoU (tutorial definition)" if metric == "iou" else "loss")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
     axes[0].set_title(f"{title} loss")
     axes[1].set_title(f"{title} IoU")
     _save(fig, path)

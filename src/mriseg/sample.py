@@ -1,20 +1,23 @@
-"""The embedded default data: an archive in the tutorial's layout built offline from MNI152 2009.
+"""The embedded default data: a zip of two labelled T1 volumes (a small cohort) built offline from MNI152 2009.
 
-nilearn ships the MNI152 2009 T1 template and its gray- and white-matter probability maps inside
-its wheel (1 mm). Each axial slice with at least MIN_BRAIN_PIXELS of tissue becomes one pair:
-the T1 slice normalised to [0, 1], and a mask that gives every pixel the most probable class,
-background's probability being 1 - p(white matter) - p(gray matter) (CSF and everything else).
-Slices are cropped to a fixed CROP box around the brain (192 x 160 pixels, rows x cols) so that a
-2-core CPU trains on them in minutes. One template brain: it shows the pipeline working end to
-end; it is no clinical benchmark (neighbouring slices of one brain sit on both sides of the split).
+nilearn ships the MNI152 2009 T1 template and its gray- and white-matter probability maps inside its
+wheel (1 mm). Labels give every voxel the most probable class, background's probability being
+1 - p(white matter) - p(gray matter) (CSF and everything else), written with IBSR's codes (3 white
+matter, 2 gray matter, 0 background: `data.labels: ibsr`). Both subjects are the same central BLOCK of
+the template, so that a 2-core CPU trains three views on it in minutes: `mni152` as it is, and
+`mni152-warped` placed in the world rotated and scaled (its working grid cuts it anew, as another head
+would be) with a gamma change of contrast. One template brain: it shows the pipeline working end to end;
+it is no clinical benchmark (the test subject is the training subject, warped).
 """
+import io
+import zipfile
+
 import numpy as np
 
-from .archive import write_archive
-from .volumes import NORMALIZATION, normalize_volume, to_slices
-
-MIN_BRAIN_PIXELS = 500
-CROP = (slice(18, 178), slice(22, 214))  # (X, Y) voxels of the 197 x 233 x 189 template
+# (X, Y, Z) voxels of the 197 x 233 x 189 template: 80 x 96 x 80 mm around the basal ganglia.
+BLOCK = (slice(58, 138), slice(68, 164), slice(42, 122))
+WARP = {"rotation_deg": (5.0, 0.0, 8.0), "scale": (1.04, 0.94, 0.98), "gamma": 0.8}
+IBSR_CODES = np.array([3, 2, 0], np.uint8)  # our classes 0 WM, 1 GM, 2 background -> IBSR's labels
 
 
 def mni152_volumes():
@@ -23,7 +26,7 @@ def mni152_volumes():
     t1 = datasets.load_mni152_template(resolution=1)
     gm = datasets.load_mni152_gm_template(resolution=1).get_fdata()
     wm = datasets.load_mni152_wm_template(resolution=1).get_fdata()
-    return t1.get_fdata(), gm, wm
+    return t1.get_fdata(), gm, wm, t1.affine
 
 
 def labels_from_probabilities(wm, gm):
@@ -31,15 +34,40 @@ def labels_from_probabilities(wm, gm):
     return np.argmax(np.stack([wm, gm, bg]), axis=0).astype(np.uint8)  # 0 = WM, 1 = GM, 2 = background
 
 
+def warp_affine(affine, rotation_deg, scale):
+    """The affine of the same voxels rotated (degrees about R, A, S) and scaled about the block's centre."""
+    rx, ry, rz = np.radians(rotation_deg)
+    rot = (np.array([[1, 0, 0], [0, np.cos(rx), -np.sin(rx)], [0, np.sin(rx), np.cos(rx)]])
+           @ np.array([[np.cos(ry), 0, np.sin(ry)], [0, 1, 0], [-np.sin(ry), 0, np.cos(ry)]])
+           @ np.array([[np.cos(rz), -np.sin(rz), 0], [np.sin(rz), np.cos(rz), 0], [0, 0, 1]]))
+    out = np.eye(4)
+    out[:3, :3] = rot @ np.diag(scale) @ affine[:3, :3]
+    out[:3, 3] = affine[:3, 3]
+    return out
+
+
+def nifti_bytes(data, affine):
+    import nibabel as nib
+
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm")
+    return img.to_bytes()
+
+
 def build_sample_archive(path):
-    t1, gm, wm = mni152_volumes()
-    image = normalize_volume(t1)[CROP]
-    mask = labels_from_probabilities(wm, gm)[CROP]
-    images, masks = to_slices(image), to_slices(mask)
-    keep = [z for z in range(len(masks)) if (masks[z] < 2).sum() >= MIN_BRAIN_PIXELS]
-    # Subject and slice in the name, as make-archive writes them: train.context finds each slice's neighbours.
-    pairs = ((f"sub-mni152_slice-{z:03d}_{z}.npy", images[z], masks[z]) for z in keep)
-    metadata = {"source": "MNI152 2009 templates shipped with nilearn (1 mm)", "axis": "axial",
-                "normalization": NORMALIZATION, "pixel_size_mm": [1.0, 1.0]}
-    write_archive(path, pairs, metadata)
-    return len(keep)
+    """Write the sample zip (deterministic bytes); returns the number of subjects."""
+    t1, gm, wm, affine = mni152_volumes()
+    image = (np.clip(t1[BLOCK], 0, None)).astype(np.float32)
+    labels = IBSR_CODES[labels_from_probabilities(wm, gm)[BLOCK]]
+    block_affine = affine.copy()
+    block_affine[:3, 3] = affine[:3, :3] @ [s.start for s in BLOCK] + affine[:3, 3]
+    warped = warp_affine(block_affine, WARP["rotation_deg"], WARP["scale"])
+    contrast = (image / image.max()) ** WARP["gamma"] * image.max()
+    subjects = {"mni152": (image, block_affine), "mni152-warped": (contrast.astype(np.float32), warped)}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, (data, aff) in subjects.items():
+            for entry, array in ((f"{name}/{name}.nii", data), (f"{name}/{name}_seg.nii", labels)):
+                info = zipfile.ZipInfo(entry, date_time=(2026, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(info, nifti_bytes(array, aff))
+    return len(subjects)

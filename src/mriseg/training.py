@@ -140,14 +140,14 @@ def class_logits(logits, activation):
     return logp - torch.log1p(-logp.exp().clamp(max=1 - 1e-6))
 
 
-def augment(x, y, gen, bias_field=0.0):
-    """Random left-right flip, rotation (+-10 deg), scale (+-10 %), gamma and gain jitter, per image; with
-    bias_field > 0 also a smooth multiplicative intensity field, exp of a cubic polynomial in the slice's
-    coordinates with coefficients in [-bias_field, bias_field] (MRI's coil inhomogeneity, drawn as
+def augment(x, y, gen, bias_field=0.0, flip=True):
+    """Random left-right flip (only with flip: slices whose columns run left-right), rotation (+-10 deg),
+    scale (+-10 %), gamma and gain jitter, per image; with bias_field > 0 also a smooth multiplicative
+    intensity field, exp of a cubic polynomial in the slice's coordinates with coefficients in [-bias_field, bias_field] (MRI's coil inhomogeneity, drawn as
     TorchIO's RandomBiasField draws it; its default strength is 0.5)."""
     n = x.shape[0]
     u = torch.rand(5, n, generator=gen) * 2 - 1  # drawn on the CPU generator: reproducible, resumable
-    flip = torch.where(u[0] > 0, -1.0, 1.0)
+    flip = torch.where(u[0] > 0, -1.0, 1.0) if flip else torch.ones(n)
     angle, scale = u[1] * math.radians(10), 1 + 0.1 * u[2]
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos * flip, -sin, torch.zeros(n)], 1),
@@ -209,14 +209,15 @@ def data_fingerprint(config, data_id):
 
 
 def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir=None, eval_batch_size=32,
-          extra=None, data_id=""):
+          extra=None, data_id="", mirror=True):
     """Train `model_name` with params.yaml's `train` section `cfg`.
 
     train_set: a Dataset of (image [C,H,W] float32, mask [H,W] uint8), all of one shape (data.SliceDataset).
     eval_sets: {"test": dataset, "val": ...}, scored after every epoch; the best epoch is chosen on "val"
     when there is one, else the last one. Every epoch ends with a resume file; rerun with the same data
     (data_id: see data.data_id) and params and training carries on from there. Per-epoch metrics go to
-    DVCLive in live_dir. Writes the checkpoint to out_path.
+    DVCLive in live_dir. Writes the checkpoint to out_path. mirror: the slices' columns run left-right
+    (axial, coronal), so flips in augmentation and train.flip_tta give plausible brains; off for sagittal.
     """
     cfg = resolve_recipe(cfg)
     use_all_cores()
@@ -249,7 +250,8 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     step_model = torch.compile(model) if cfg.get("compile") else model
     # Epochs are scored (and the best one chosen) as the checkpoint will predict: with flip_tta if set.
-    score_model = FlipAveraged(step_model, activation) if cfg.get("flip_tta") else step_model
+    flip_tta = bool(cfg.get("flip_tta")) and mirror
+    score_model = FlipAveraged(step_model, activation) if flip_tta else step_model
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     epochs = cfg["epochs"]
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if cfg.get("schedule") == "cosine"
@@ -291,7 +293,7 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
         for xb, yb in tqdm(feed(perm), total=len(feed), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
                            leave=False):
             if cfg.get("augment"):
-                xb, yb = augment(xb, yb, gen, cfg.get("bias_field", 0.0))
+                xb, yb = augment(xb, yb, gen, cfg.get("bias_field", 0.0), flip=mirror)
             with autocast(device, amp):
                 logits = step_model(xb).float()
             loss = compute_loss(loss_name, logits, yb)
@@ -331,7 +333,7 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     state_dict = best["state_dict"] if best["state_dict"] is not None else model.state_dict()
     ckpt = {"format": 1, "model": model_name, "state_dict": {k: v.cpu() for k, v in state_dict.items()},
             "classes": list(CLASS_NAMES), "activation": activation, "loss": loss_name, "context": context,
-            "width": cfg.get("width", 16), "flip_tta": bool(cfg.get("flip_tta")),
+            "width": cfg.get("width", 16), "flip_tta": flip_tta,
             "best_epoch": best["epoch"] or epochs, "history": history, "train": cfg, **(extra or {})}
     with atomic_path(out_path) as tmp:
         torch.save(ckpt, tmp)

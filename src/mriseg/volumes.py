@@ -9,6 +9,10 @@ from . import first_line
 # its non-zero voxels mapped to [0, 1], then clipped. Robust to scanner scale and to bright outliers.
 NORMALIZATION = {"method": "percentile", "low": 0.5, "high": 99.5}
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # voxel axes of a RAS+ (canonical) volume
+VIEWS = ("axial", "coronal", "sagittal")
+# Planes whose slices hold the left-right axis (as their columns, see to_slices): only there is a
+# mirrored slice another plausible brain. A sagittal slice's columns run front to back.
+LEFT_RIGHT_VIEWS = ("axial", "coronal")
 
 
 def normalize_volume(vol, rule=NORMALIZATION):
@@ -25,6 +29,17 @@ def normalize_volume(vol, rule=NORMALIZATION):
 def to_slices(vol, axis="axial"):
     """(X, Y, Z) canonical volume -> (n, rows, cols) slices in display orientation (anterior/superior up)."""
     return np.rot90(np.moveaxis(vol, AXES[axis], -1), k=1, axes=(0, 1)).transpose(2, 0, 1)
+
+
+def view_slice(vol, axis, z):
+    """to_slices(vol, axis)[z] of a canonical (X, Y, Z) volume, reading only that slice (memory maps)."""
+    return np.rot90(np.take(vol, z, axis=AXES[axis]))
+
+
+def view_shape(shape, axis):
+    """(slices, rows, cols) of to_slices(volume of `shape`, axis)."""
+    rest = [n for i, n in enumerate(shape) if i != AXES[axis]]
+    return shape[AXES[axis]], rest[1], rest[0]
 
 
 def from_slices(slices, axis="axial"):
@@ -75,6 +90,23 @@ def with_context(slices, context, neighbours=None):
     return out
 
 
+CROP_MARGIN = 4  # voxels of background kept around the head
+
+
+def crop_to_foreground(volume, affine, margin=CROP_MARGIN):
+    """(the box of a normalised working volume that holds every non-zero voxel, plus margin; that box's
+    affine; the box's slices). Networks then see no empty field of view (IBSR's 1 mm grid: about half
+    the voxels); the affine keeps every voxel where it was in the world."""
+    nonzero = np.nonzero(np.asarray(volume) > 0)
+    if not nonzero[0].size:
+        return volume, affine, tuple(slice(0, n) for n in volume.shape)
+    box = tuple(slice(max(int(i.min()) - margin, 0), min(int(i.max()) + 1 + margin, n))
+                for i, n in zip(nonzero, volume.shape))
+    shifted = np.array(affine, dtype=np.float64)
+    shifted[:3, 3] = shifted[:3, :3] @ [b.start for b in box] + shifted[:3, 3]
+    return volume[box], shifted, box
+
+
 class VolumeError(ValueError):
     """An unreadable or unusable volume; one line naming the file."""
 
@@ -114,17 +146,20 @@ def load_volume(path):
 
 
 def inplane_zooms(canon, axis, pixel_size):
-    """Voxel sizes that give `pixel_size` mm square pixels in the slicing plane; None when already so."""
+    """Voxel sizes that give `pixel_size` mm square pixels in the slicing plane (axis None: in every plane,
+    the isotropic grid that all views of a cohort share); None when already so."""
     if pixel_size is None:
         return None
     zooms = list(canon.header.get_zooms()[:3])
     target = [float(pixel_size)] * 3
-    target[AXES[axis]] = float(zooms[AXES[axis]])
+    if axis is not None:
+        target[AXES[axis]] = float(zooms[AXES[axis]])
     return None if np.allclose(zooms, target, rtol=1e-3) else target
 
 
 def resample_inplane(img3, axis="axial", pixel_size=None, order=1, cval=0):
-    """Canonical (RAS+) orientation, in-plane voxels resampled to `pixel_size` mm (None: kept).
+    """Canonical (RAS+) orientation, in-plane voxels resampled to `pixel_size` mm (None: kept; axis None:
+    all three axes, an isotropic grid).
 
     Slices then have square pixels of the size the model was trained on, without stretching anatomy.
     """

@@ -6,7 +6,7 @@ IBSR's labels): a rounded box of gray matter around white matter inside a thin r
 bent by smooth random fields, filling nearly the whole volume, so that ~120 of the 128 axial slices of
 each volume hold tissue (tests/conftest.py's ellipsoids keep ~77): 16 volumes make ~2,000 slices and
 160 ~20,000. It copies the DVC project into a fresh git repository there, runs `dvc repro unzip split`
-(not measured), then `python -m dvc repro train` for one epoch on the CPU while sampling, every
+(not measured), then `python -m dvc repro train@axial` (one view) for one epoch on the CPU while sampling, every
 --interval seconds, the anonymous memory of the whole process tree below it (dvc, the train stage and
 its DataLoader workers): the sum of Pss_Anon from /proc/<pid>/smaps_rollup. Memory-mapped volume
 files are page cache (reclaimable, shared), so RSS would count them and mislead; Pss_Anon does not.
@@ -207,12 +207,12 @@ def machine():
 
 def images_per_s(project):
     """The epoch's train_images_per_s, as the train stage logged it (DVCLive)."""
-    metrics = project / "reports" / "train" / "metrics.json"
+    metrics = project / "reports" / "train" / "axial" / "metrics.json"
     if metrics.exists():
         value = json.loads(metrics.read_text()).get("train", {}).get("images_per_s")
         if value is not None:
             return float(value)
-    tsv = project / "reports" / "train" / "plots" / "metrics" / "train" / "images_per_s.tsv"
+    tsv = project / "reports" / "train" / "axial" / "plots" / "metrics" / "train" / "images_per_s.tsv"
     if tsv.exists():
         rows = list(csv.DictReader(tsv.open(), delimiter="\t"))
         if rows:
@@ -222,7 +222,7 @@ def images_per_s(project):
 
 def slice_counts(project):
     with (project / "data" / "manifest.csv").open() as f:
-        rows = list(csv.DictReader(f))
+        rows = [r for r in csv.DictReader(f) if r["view"] == "axial"]  # the one view trained here
     return len(rows), sum(r["split"] == "train" for r in rows)
 
 
@@ -241,7 +241,7 @@ def measure(project, env, loader, cache_gb, interval, tag):
     log_path = project.parent / f"train-{tag}.log"
     print(f"  dvc repro train ({loader}) ...", file=sys.stderr, flush=True)
     rc, seconds, peak, at_peak, per_process, samples = watch(
-        [sys.executable, "-m", "dvc", "repro", "train"], project, env, interval, log_path)
+        [sys.executable, "-m", "dvc", "repro", "train@axial"], project, env, interval, log_path)
     if rc:
         sys.exit(f"dvc repro train failed ({rc}); log: {log_path}\n" + log_path.read_text()[-3000:])
     with (project.parent / f"memory-{tag}.csv").open("w") as f:  # the series, kept with --keep
@@ -266,7 +266,7 @@ def run_size(n, args, overrides, workdir, env, baseline):
     archive = cohort(folder / "cohort.zip", n, seed=n)
     print(f"{n} subjects: cohort {archive.stat().st_size / MB:.0f} MB in {time.perf_counter() - t0:.0f} s",
           file=sys.stderr, flush=True)
-    project = make_project(folder / "project", {**overrides, "data.archive": str(archive)})
+    project = make_project(folder / "project", {**overrides, "data.archive": str(archive), "views": {"axial": {}}})
     t0 = time.perf_counter()
     run_dvc(["repro", "unzip", "split"], project, env, folder / "prepare.log")
     print(f"  unzip + split in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)

@@ -152,12 +152,20 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "MRIs"
-        if args.data == "sample":
+        if args.data == "sample":  # the sample's axial slices, in the tutorial's layout
+            import zipfile
+
             from mriseg.archive import extract_archive
+            from mriseg.make_archive import make_archive
             from mriseg.sample import build_sample_archive
 
             build_sample_archive(Path(tmp) / "sample.zip")
-            n = extract_archive(Path(tmp) / "sample.zip", folder)
+            (Path(tmp) / "volumes").mkdir()
+            with zipfile.ZipFile(Path(tmp) / "sample.zip") as zf:  # make-archive takes a flat folder
+                for name in zf.namelist():
+                    (Path(tmp) / "volumes" / Path(name).name).write_bytes(zf.read(name))
+            make_archive(Path(tmp) / "volumes", Path(tmp) / "slices.zip", labels="ibsr", axis="axial", pixel_size=1.0)
+            n = extract_archive(Path(tmp) / "slices.zip", folder)
             shape = np.load(next((folder / "MRIs").glob("*.npy"))).shape
         else:
             size = args.size or (394 if args.device == "cuda" else 208)

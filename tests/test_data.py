@@ -11,7 +11,7 @@ from conftest import make_tiny_archive
 
 def rows_for(names):
     return [{"image": f"d/MRIs/{n}.npy", "mask": f"d/Segmentations/segm_{n.rsplit('_', 1)[1]}.npy",
-             "ix": n.rsplit("_", 1)[1], "subject": "", "slice": -1, "z": -1} for n in names]
+             "ix": n.rsplit("_", 1)[1], "subject": "", "slice": -1, "view": "axial", "z": -1} for n in names]
 
 
 def stacked(dataset):
@@ -97,8 +97,8 @@ def subject_manifest(tmp_path, slices, split_of=lambda z: "train"):
         mask = tmp_path / "Segmentations" / f"segm_{z}.npy"
         np.save(image, np.full((4, 6), z, np.float32))
         np.save(mask, np.full((4, 6), z % 3, np.uint8))
-        rows.append({"image": str(image), "mask": str(mask), "ix": str(z), "subject": "A", "slice": z, "z": -1,
-                     "split": split_of(z)})
+        rows.append({"image": str(image), "mask": str(mask), "ix": str(z), "subject": "A", "slice": z, "view": "axial",
+                     "z": -1, "split": split_of(z)})
     import pandas as pd
 
     return pd.DataFrame(rows)
@@ -118,16 +118,19 @@ def test_context_gives_each_slice_its_neighbours_as_channels(tmp_path):
 
 
 def test_cohort_slices_read_their_volume_rows_and_real_neighbours(tmp_path):
-    """A cohort's slice is a row of its memory-mapped volume; its neighbours are the volume's own rows, also
-    those not trained on (too little tissue); past the ends the slice stands in for itself."""
+    """A cohort's slice is cut from its memory-mapped (X, Y, Z) volume in its view's plane; its neighbours
+    are that plane's real neighbouring slices, also those not trained on (too little tissue); past the
+    ends the slice stands in for itself."""
     import pandas as pd
 
-    volume = np.stack([np.full((20, 18), z, np.float32) for z in range(6)])
+    volume = np.broadcast_to(np.arange(6, dtype=np.float32), (18, 20, 6)).copy()  # axial slice z holds z
     np.save(tmp_path / "A.image.npy", volume)
-    np.save(tmp_path / "A.labels.npy", (np.arange(6)[:, None, None] % 3 * np.ones((6, 20, 18))).astype(np.uint8))
+    np.save(tmp_path / "A.labels.npy", (volume % 3).astype(np.uint8))
     df = pd.DataFrame([{"image": str(tmp_path / "A.image.npy"), "mask": str(tmp_path / "A.labels.npy"),
-                        "ix": f"A:{z}", "subject": "A", "slice": z, "z": z, "split": "train"} for z in (0, 2, 5)])
-    data = SliceDataset(df, "train", context=1)
+                        "ix": f"A:{v}:{z}", "subject": "A", "slice": z, "view": v, "z": z, "split": "train"}
+                       for v in ("axial", "coronal") for z in (0, 2, 5)])
+    assert len(SliceDataset(df, "train", context=1, view="coronal")) == 3
+    data = SliceDataset(df, "train", context=1, view="axial")
     x, y = stacked(data)
     assert data.frame == (32, 32) and x.shape == (3, 3, 32, 32)
     assert x[:, :, 6, 7].tolist() == [[0, 0, 1], [1, 2, 3], [4, 5, 5]] and y[:, 6, 7].tolist() == [0, 2, 2]

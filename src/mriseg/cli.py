@@ -12,15 +12,15 @@ def positive_int(text):
 
 
 def predict_command(args):
-    from .models import CheckpointError
     from tqdm import tqdm
 
+    from .models import SHIPPED_MODEL, CheckpointError
     from .prediction import InputError, predict_files
 
     pixel = [float(v) for v in args.pixel_size.split(",")] if args.pixel_size else None
     try:
-        failed = predict_files(args.model, args.out, args.inputs, device=args.device, batch_size=args.batch_size,
-                               pixel_size=pixel, slice_thickness=args.slice_thickness, labels=args.labels,
+        failed = predict_files(args.model or SHIPPED_MODEL, args.out, args.inputs, device=args.device,
+                               batch_size=args.batch_size, pixel_size=pixel, slice_thickness=args.slice_thickness, labels=args.labels,
                                log=lambda m: tqdm.write(m, file=sys.stderr))
     except (CheckpointError, InputError) as e:
         print(f"predict: error: {e}", file=sys.stderr)
@@ -83,7 +83,9 @@ def main(argv=None):
 
     p = sub.add_parser("predict", help="segment .npy slices or NIfTI/MGZ volumes, and measure tissue volumes")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help=".npy slices, folders of them, .nii/.nii.gz/.mgz volumes")
-    p.add_argument("--model", default="models/model.pt", help="checkpoint written by the train stage")
+    p.add_argument("--model", help="a bundle or checkpoint the pipeline trained (models/model.pt, "
+                   "models/views/<view>.pt); default: the shipped three-view model (skull-stripped adult T1; "
+                   "see mriseg/shipped/MODEL.md)")
     p.add_argument("--out", required=True, help="folder for masks, overlay PNGs and volumes.csv")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=positive_int, default=32)

@@ -126,7 +126,7 @@ def evaluate_archive(checkpoint, archive, device="auto", batch_size=32, labels=N
     archive's slice metrics, a cohort's per-subject 3-D scores averaged. Subjects come from a cohort's
     volumes or make-archive's file names (none for archives without them).
     """
-    from .data import MANIFEST_COLUMNS, SliceDataset, list_pairs
+    from .data import MANIFEST_COLUMNS, SliceDataset, archive_metadata, list_pairs
     from .prediction import Predictor
 
     predictor = Predictor(checkpoint, device, batch_size)
@@ -142,7 +142,9 @@ def evaluate_archive(checkpoint, archive, device="auto", batch_size=32, labels=N
         for what in mismatches(json.loads(recorded.read_text()) if recorded.exists() else {}, ckpt):
             log(f"evaluate: note: {archive}: slices differ from the model's training slices: {what} "
                 f"(rebuild it with `mriseg make-archive --like {checkpoint}`)")
-        dataset = SliceDataset(manifest, "test", context, view=predictor.views[0].axis)
+        # A cohort's slices in the first view's plane; a slice archive's as they are (a mismatch is noted above).
+        cohort = archive_metadata(root)["layout"] == "volumes"
+        dataset = SliceDataset(manifest, "test", context, view=predictor.views[0].axis if cohort else None)
         overall, rows, _ = score_split(predictor, root, dataset, batch_size)
         if not overall:
             overall = pd.DataFrame(rows).drop(columns=["subject", "slices"]).mean().to_dict()

@@ -1,6 +1,7 @@
 """The two networks of the reference recipe: a plain UNet and a UNet with a ResNet18 encoder."""
 import math
 import urllib.error
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +154,11 @@ class FlipAveraged(nn.Module):
 
 def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
+
+
+# The model shipped with the package (three views trained on IBSR18's 10 subjects; shipped/MODEL.md):
+# what `mriseg predict` uses without --model.
+SHIPPED_MODEL = Path(__file__).resolve().parent / "shipped" / "ibsr18-3views.pt"
 
 
 class CheckpointError(ValueError):

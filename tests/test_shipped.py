@@ -1,0 +1,33 @@
+"""The model shipped with the package: `mriseg predict` with no --model segments a T1 volume."""
+import nibabel as nib
+import numpy as np
+import torch
+
+from mriseg.metrics import confusion_of, subject_scores
+from mriseg.models import SHIPPED_MODEL, load_views
+from mriseg.sample import labels_from_probabilities, mni152_volumes
+from conftest import mriseg
+
+
+def test_shipped_model_is_small_and_loads_with_weights_only():
+    assert SHIPPED_MODEL.stat().st_size <= 50 * 2**20
+    ckpt = torch.load(SHIPPED_MODEL, map_location="cpu", weights_only=True)
+    assert sorted(ckpt["views"]) == ["axial", "coronal", "sagittal"]
+    assert [v for v, *_ in load_views(SHIPPED_MODEL)] == ["axial", "coronal", "sagittal"]
+    assert (SHIPPED_MODEL.parent / "MODEL.md").read_text().count("IBSR") >= 2  # the card and its attribution
+
+
+def test_predict_without_model_segments_the_mni152_template(tmp_path):
+    """The skull-stripped MNI152 2009 template (nilearn's wheel; no IBSR subject) against its own tissue
+    maps, each voxel's most probable class: the shipped model is the default of `mriseg predict`."""
+    from nilearn import datasets
+
+    t1, gm, wm, affine = mni152_volumes()
+    brain = datasets.load_mni152_brain_mask(resolution=1).get_fdata() > 0
+    nib.save(nib.Nifti1Image((t1 * brain).astype(np.float32), affine), tmp_path / "mni152.nii.gz")
+    r = mriseg("predict", "--out", tmp_path / "out", "--device", "cpu", tmp_path / "mni152.nii.gz")
+    assert r.returncode == 0, r.stderr
+    pred = np.asanyarray(nib.load(tmp_path / "out" / "mni152_mask.nii.gz").dataobj)
+    truth = np.where(brain, labels_from_probabilities(wm, gm), 2)
+    scores = subject_scores(confusion_of(pred, truth))
+    assert scores["dice_white_matter"] >= 0.9 and scores["dice_gray_matter"] >= 0.9, scores

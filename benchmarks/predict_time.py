@@ -1,5 +1,6 @@
 """Seconds to segment one 1 mm whole-head T1 volume with `mriseg predict`, one view against three, on this
-machine: the MNI152 2009 template (197 x 233 x 189, nilearn's wheel) with its scalp and skull-stripped.
+machine: the MNI152 2009 template (197 x 233 x 189, nilearn's wheel), whole head (its scalp and skull
+make the largest crop, the slowest case); --brain adds it skull-stripped.
 
 Each row times Predictor.predict_volume (read, resample to the working grid, crop, every view's slices
 through its network with its test-time flips, probabilities averaged, back to the input's grid) as the
@@ -51,13 +52,14 @@ def main():
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(SHIPPED_MODEL))
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--brain", action="store_true", help="also time the skull-stripped template")
     p.add_argument("--out", help="also write the table to this markdown file")
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        inputs = mni152_heads(tmp)
+        inputs = mni152_heads(tmp)[:2 if args.brain else 1]
         for label, model in (("1 view", first_view_only(args.model, tmp / "one.pt")), ("bundle", Path(args.model))):
             predictor = Predictor(model, "cpu")
             names = "+".join(v.name for v in predictor.views)

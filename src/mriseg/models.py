@@ -198,7 +198,7 @@ def build_network(ckpt, path, device="cpu"):
         raise CheckpointError(f"{path}: weights do not fit the {ckpt['model']} network ({first_line(e)})") from None
     if ckpt.get("flip_tta"):
         model = FlipAveraged(model, ckpt["activation"])
-    return model.to(device).eval()
+    return model.to(device, memory_format=torch.channels_last).eval()
 
 
 def load_views(path, device="cpu"):

@@ -1,0 +1,51 @@
+"""The shipped model (or --model) on the skull-stripped MNI152 2009 template against its own tissue maps
+(each voxel's most probable class, nilearn's wheel): per view alone and aggregated, 3-D Dice and volume
+error on the template's grid. No IBSR subject is in it; its labels come from another method (probabilistic
+tissue maps of an average brain), so deep nuclei and the cerebellum score lower than the cortex.
+
+    python benchmarks/shipped_mni152.py [--model models/model.pt]
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_throughput import commit, cpu_name  # noqa: E402
+
+
+def main():
+    from nilearn import datasets
+
+    from mriseg.metrics import confusion_of, subject_scores
+    from mriseg.models import SHIPPED_MODEL
+    from mriseg.prediction import Predictor
+    from mriseg.sample import labels_from_probabilities, mni152_volumes
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(SHIPPED_MODEL))
+    args = p.parse_args()
+    t1, gm, wm, affine = mni152_volumes()
+    brain = datasets.load_mni152_brain_mask(resolution=1).get_fdata() > 0
+    truth = np.where(brain, labels_from_probabilities(wm, gm), 2)
+    img3 = nib.Nifti1Image((t1 * brain).astype(np.float32), affine)
+    predictor = Predictor(args.model, "cpu")
+    work_affine, volume = predictor.working_volume(img3)
+    alone = {}
+    aggregate = predictor.volume_probabilities(volume, each=lambda view, probs: alone.setdefault(view.name, probs))
+    lines = ["# The shipped model on the skull-stripped MNI152 2009 template", "",
+             f"Machine: {cpu_name()}, torch {torch.__version__}. Commit {commit()}. Model: {args.model}.", "",
+             "| views | Dice white matter | Dice gray matter | volume error white matter | volume error gray matter |",
+             "|---|---|---|---|---|"]
+    for name, probs in [*alone.items(), ("aggregate", aggregate)]:
+        s = subject_scores(confusion_of(predictor.on_input_grid(probs, work_affine, img3), truth))
+        lines.append(f"| {name} | {s['dice_white_matter']:.3f} | {s['dice_gray_matter']:.3f} | "
+                     f"{s['volume_error_white_matter']:+.1%} | {s['volume_error_gray_matter']:+.1%} |")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

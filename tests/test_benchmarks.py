@@ -35,7 +35,7 @@ def test_thinned_training_slices_keep_their_real_neighbours(tmp_path):
             np.save(image, np.full((2, 3), 10 * s + z, np.float32))
             np.save(mask, np.zeros((2, 3), np.uint8))
             rows.append({"image": str(image), "mask": str(mask), "ix": str(8 * s + z), "subject": subject, "slice": z,
-                         "z": -1})
+                         "view": "axial", "z": -1})
     df = load_benchmark().fold_manifest(rows, ["C"], n_val=1, train_stride=2)
     assert df.groupby("split")["subject"].agg(lambda s: "".join(sorted(set(s)))).to_dict() == {
         "test": "C", "val": "A", "train": "B", "unused": "B"}

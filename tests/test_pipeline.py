@@ -151,7 +151,7 @@ def test_one_views_params_rerun_only_that_view_and_weights_only_the_bundle(cohor
     assert ran(out) == {"bundle", "evaluate"}
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     assert metrics["views"]["sagittal"] != {}  # still scored alone; it only no longer counts in the aggregate
-    run("git checkout -q params.yaml dvc.lock && dvc checkout -q", project)
+    run("git checkout -q params.yaml dvc.lock reports && dvc checkout -q", project)  # back to the committed run
 
 
 def test_evaluate_stage_and_predict_give_a_volume_the_same_dice(cohort_project, tmp_path):

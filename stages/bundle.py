@@ -13,7 +13,8 @@ def main():
         bundle_views({view: f"models/views/{view}.pt" for view in params["views"]}, weights, "models/model.pt")
     except CheckpointError as e:
         sys.exit(f"bundle: error: {e}")
-    print("bundle: " + ", ".join(f"{view} x{weights.get(view, 1.0)}" for view in params["views"]) + " -> models/model.pt")
+    print("bundle: " + ", ".join(f"{view} x{weights.get(view, 1.0)}" for view in params["views"])
+          + " -> models/model.pt")
 
 
 if __name__ == "__main__":

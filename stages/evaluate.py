@@ -31,18 +31,18 @@ def main():
         sys.exit("evaluate: error: data/manifest.csv has no test pairs (split.test_size)")
     overall, subjects, view_subjects = score_split(predictor, "data/MRIs", test, p["batch_size"])
     best = {v.name: v.ckpt["best_epoch"] for v in predictor.views}
+    summary = summarize(subjects) if subjects else {}
     if overall:  # a slice archive
         metrics = {**overall, "test_slices": len(test), "best_epoch": best[first.name]}
     else:
-        summary = summarize(subjects)
         metrics = {key: s["mean"] for key, s in summary.items()}
         if view_subjects:
             metrics["views"] = {view: {key: s["mean"] for key, s in summarize(rows).items()}
                                 for view, rows in view_subjects.items()}
         metrics["best_epoch"] = best if len(best) > 1 else best[first.name]
     metrics["test_subjects"] = len(subjects)
-    if subjects:
-        metrics["per_subject"] = summarize(subjects)
+    if summary:
+        metrics["per_subject"] = summary
     write_json("reports/metrics.json", metrics)
     write_subjects(subjects, "reports/subjects.csv")
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()

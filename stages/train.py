@@ -12,8 +12,9 @@ from mriseg.volumes import LEFT_RIGHT_VIEWS
 
 def main(view):
     params = load_params()
-    if view not in archive_views("data/MRIs"):
-        sys.exit(f"train: error: data/MRIs holds {archive_views('data/MRIs')[0]} slices only (a slice archive): "
+    planes = archive_views("data/MRIs")
+    if view not in planes:
+        sys.exit(f"train: error: data/MRIs holds {planes[0]} slices only (a slice archive): "
                  f"remove views.{view} from params.yaml")
     manifest = read_manifest("data/manifest.csv")
     cfg = resolve_recipe({**params["train"], **(params["views"][view] or {})})

@@ -13,7 +13,8 @@ def main():
     try:
         if holds_volumes("data/archive.zip"):
             n_subjects, n_slices = prepare_cohort(
-                "data/archive.zip", "data/MRIs", labels=str(data["labels"]), pixel_size=data["pixel_size"], min_tissue=data["min_tissue"], max_volume_mb=data["max_volume_mb"],
+                "data/archive.zip", "data/MRIs", labels=str(data["labels"]), pixel_size=data["pixel_size"],
+                min_tissue=data["min_tissue"], max_volume_mb=data["max_volume_mb"],
                 max_extracted_mb=data["max_extracted_mb"])
             print(f"preprocessed {n_subjects} subjects ({n_slices} axial slices with tissue) -> data/MRIs")
         else:

@@ -20,8 +20,8 @@ def predict_command(args):
     pixel = [float(v) for v in args.pixel_size.split(",")] if args.pixel_size else None
     try:
         failed = predict_files(args.model or SHIPPED_MODEL, args.out, args.inputs, device=args.device,
-                               batch_size=args.batch_size, pixel_size=pixel, slice_thickness=args.slice_thickness, labels=args.labels,
-                               log=lambda m: tqdm.write(m, file=sys.stderr))
+                               batch_size=args.batch_size, pixel_size=pixel, slice_thickness=args.slice_thickness,
+                               labels=args.labels, log=lambda m: tqdm.write(m, file=sys.stderr))
     except (CheckpointError, InputError) as e:
         print(f"predict: error: {e}", file=sys.stderr)
         return 2

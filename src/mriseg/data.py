@@ -145,9 +145,9 @@ class SliceDataset(torch.utils.data.Dataset):
     float32, mask [H,W] uint8).
 
     C = 2 * context + 1: each slice with its neighbours as channels (2.5D). A cohort's slice is cut from its
-    memory-mapped (X, Y, Z) volume in its view's plane, with the real neighbouring slices of that plane; a slice archive's slice the files of the same
-    subject at slice +- d (from the whole manifest: in a slice split an image may borrow its neighbour's
-    pixels, never its labels). A missing neighbour (past the volume, or unknown) repeats the slice itself,
+    memory-mapped (X, Y, Z) volume in its view's plane, with the real neighbouring slices of that plane; a
+    slice archive's slice the files of the same subject at slice +- d (from the whole manifest: in a slice
+    split an image may borrow its neighbour's pixels, never its labels). A missing neighbour (past the volume, or unknown) repeats the slice itself,
     as in prediction. Each slice is centred in the next multiple of 16 (volumes.pad_slices, the rule
     prediction uses) and placed at the top left of the split's frame (the largest such size), masks
     padded with background, so every item of a split has one shape. Nothing is held but the file names

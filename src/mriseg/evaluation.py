@@ -53,12 +53,10 @@ def cohort_subject_scores(predictor, root, subjects):
 
         def scored(probs):
             pred = predictor.on_input_grid(probs, work_affine, reference)
-            return {"subject": subject, "slices": n, **subject_scores(confusion_of(pred, truth), rec["native_voxel_ml"])}
+            return {"subject": subject, "slices": n,
+                    **subject_scores(confusion_of(pred, truth), rec["native_voxel_ml"])}
 
-        def each(view, probs):
-            if view_rows:
-                view_rows[view.name].append(scored(probs))
-
+        each = (lambda view, probs: view_rows[view.name].append(scored(probs))) if view_rows else None
         rows.append(scored(predictor.volume_probabilities(volume, each)))
     return rows, view_rows
 

@@ -63,15 +63,17 @@ def check_views(params, path):
                          f"none), got {views!r}")
     for view, changes in views.items():
         if changes is not None and not isinstance(changes, dict):
-            raise SystemExit(f"{path}: views.{view} must be a mapping of train settings ({{}} for none), got {changes!r}")
+            raise SystemExit(f"{path}: views.{view} must be a mapping of train settings ({{}} for none), "
+                             f"got {changes!r}")
         unknown = sorted(set(changes or {}) - set(params.get("train", {})))
         if unknown:
             raise SystemExit(f"{path}: views.{view}.{unknown[0]}: not a train setting")
     weights = params.setdefault("aggregate", {}).setdefault("weights", {})
-    bad = {v: w for v, w in (weights or {}).items()
-           if v not in VIEWS or isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0}
-    if not isinstance(weights, dict) or bad:
-        raise SystemExit(f"{path}: aggregate.weights must map views to numbers >= 0, got {bad or weights!r}")
+    bad = weights if not isinstance(weights, dict) else {
+        v: w for v, w in weights.items()
+        if v not in VIEWS or isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0}
+    if bad:
+        raise SystemExit(f"{path}: aggregate.weights must map views to numbers >= 0, got {bad!r}")
 
 
 def check_value(params, path, key, default, is_valid, requirement, meaning):

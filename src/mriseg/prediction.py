@@ -154,23 +154,14 @@ class Predictor:
         from .models import load_views
         from .training import pick_device
 
-        device = pick_device(device, where="--device")
-        self.setup([View(*v) for v in load_views(checkpoint, device)], device, batch_size)
-
-    @classmethod
-    def from_model(cls, model, ckpt, device, batch_size=32):
-        predictor = cls.__new__(cls)
-        predictor.setup([View(ckpt.get("axis", "axial"), model, ckpt, 1.0)], device, batch_size)
-        return predictor
-
-    def setup(self, views, device, batch_size):
-        self.views, self.device, self.batch_size = views, device, batch_size
-        self.ckpt = views[0].ckpt  # rules every view shares (checked by the bundle stage)
+        self.device, self.batch_size = pick_device(device, where="--device"), batch_size
+        self.views = [View(*v) for v in load_views(checkpoint, self.device)]
+        self.ckpt = self.views[0].ckpt  # rules every view shares (checked by the bundle stage)
         pixel = self.ckpt.get("pixel_size_mm")
         self.pixel_size = float(pixel[0]) if pixel else None
         # Cohort-trained views share an isotropic grid; a slice archive's network its plane's in-plane grid.
         self.grid_axis = None if self.ckpt.get("grid") == "isotropic" else self.ckpt["axis"]
-        self.model, self.context = views[0].model, views[0].context
+        self.model, self.context = self.views[0].model, self.views[0].context
 
     def labels(self, slices):
         """(n, H, W) slices, in order through one volume -> (n, H, W) labels (the first view's network)."""

@@ -143,8 +143,9 @@ def class_logits(logits, activation):
 def augment(x, y, gen, bias_field=0.0, flip=True):
     """Random left-right flip (only with flip: slices whose columns run left-right), rotation (+-10 deg),
     scale (+-10 %), gamma and gain jitter, per image; with bias_field > 0 also a smooth multiplicative
-    intensity field, exp of a cubic polynomial in the slice's coordinates with coefficients in [-bias_field, bias_field] (MRI's coil inhomogeneity, drawn as
-    TorchIO's RandomBiasField draws it; its default strength is 0.5)."""
+    intensity field, exp of a cubic polynomial in the slice's coordinates with coefficients in
+    [-bias_field, bias_field] (MRI's coil inhomogeneity, drawn as TorchIO's RandomBiasField draws it; its
+    default strength is 0.5)."""
     n = x.shape[0]
     u = torch.rand(5, n, generator=gen) * 2 - 1  # drawn on the CPU generator: reproducible, resumable
     flip = torch.where(u[0] > 0, -1.0, 1.0) if flip else torch.ones(n)

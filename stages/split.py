@@ -6,7 +6,7 @@ from mriseg.params import load_params
 def main():
     p = load_params()["split"]
     df = make_split(list_pairs("data/MRIs"), by=p["by"], test_size=p["test_size"], val_size=p["val_size"],
-                    seed=p["seed"])
+                    seed=p["seed"], folds=p.get("folds", 0), fold=p.get("fold", 0))
     write_manifest(df, "data/manifest.csv")
     counts = df["split"].value_counts()
     print("split: " + ", ".join(f"{s} {counts.get(s, 0)}" for s in ("train", "val", "test")) + " -> data/manifest.csv")

@@ -47,16 +47,46 @@ def test_fraction_count_and_validation_part():
         make_split(rows, test_size=40)
 
 
-def test_split_by_subject_never_leaks():
+def subject_rows(n_subjects, n_slices=10):
     rows = []
-    for s in range(6):
-        for z in range(10):
+    for s in range(n_subjects):
+        for z in range(n_slices):
             n = f"sub-IBSR_{s:02d}_slice-{z:03d}_{s * 100 + z}"
             rows.append({**rows_for([n])[0], "subject": f"IBSR_{s:02d}", "slice": z})
+    return rows
+
+
+def test_split_by_subject_never_leaks():
+    rows = subject_rows(6)
     df = make_split(rows, by="auto", test_size=2, val_size=1, seed=0)
     sides = df.groupby("subject")["split"].nunique()
     assert (sides == 1).all()
     assert df.drop_duplicates("subject")["split"].value_counts().to_dict() == {"train": 3, "test": 2, "val": 1}
+
+
+def sides(df):
+    return df.drop_duplicates("subject").set_index("subject")["split"].to_dict()
+
+
+def test_folds_test_every_subject_exactly_once():
+    rows = subject_rows(7, n_slices=3)
+    runs = [sides(make_split(rows, val_size=1, seed=5, folds=3, fold=k)) for k in range(3)]
+    tested = [sorted(s for s, side in run.items() if side == "test") for run in runs]
+    assert sorted(sum(tested, [])) == sorted({r["subject"] for r in rows}), "each subject tested once"
+    assert sorted(map(len, tested)) == [2, 2, 3]
+    for run in runs:  # val comes out of the training side, one subject
+        assert list(run.values()).count("val") == 1 and list(run.values()).count("train") == 7 - 1 - sum(
+            v == "test" for v in run.values())
+    # Deterministic from the seed and the names, not from the order of the listing.
+    assert sides(make_split(rows[::-1], val_size=1, seed=5, folds=3, fold=1)) == runs[1]
+    assert sides(make_split(rows, val_size=1, seed=6, folds=3, fold=1)) != runs[1]
+
+
+@pytest.mark.parametrize("folds, fold, message", [(8, 0, "split.folds=8 needs from 2 to 7"),
+                                                  (3, 3, "split.fold=3 must be from 0 to 2")])
+def test_bad_folds_are_one_line(folds, fold, message):
+    with pytest.raises(SystemExit, match=message):
+        make_split(subject_rows(7, n_slices=1), folds=folds, fold=fold)
 
 
 def test_subject_split_refused_without_subjects():

@@ -68,8 +68,13 @@ def _count(size, total, what):
     return n
 
 
-def make_split(rows, by="auto", test_size=0.2, val_size=0, seed=42):
-    """Assign each pair to train/val/test, by subject when subjects are known (none on two sides)."""
+def make_split(rows, by="auto", test_size=0.2, val_size=0, seed=42, folds=0, fold=0):
+    """Assign each pair to train/val/test, by subject when subjects are known (none on two sides).
+
+    folds=0: a random test side of test_size units. folds=K: K-fold cross-validation, the units shuffled
+    once with `seed` and dealt into K folds; fold `fold` is the test side (test_size is not used). Either
+    way val_size units of the training side choose the best epoch.
+    """
     rows = sorted(rows, key=pair_order)
     subjects = {r["subject"] for r in rows}
     if by == "auto":
@@ -77,9 +82,20 @@ def make_split(rows, by="auto", test_size=0.2, val_size=0, seed=42):
     if by == "subject" and "" in subjects:
         raise SystemExit("params.yaml: split.by=subject, but image names carry no subject (sub-<id>_slice-<n>_<ix>)")
     units = sorted(subjects, key=natural_key) if by == "subject" else [r["image"] for r in rows]
-    n_test = _count(test_size, len(units), "split.test_size")
-    n_val = _count(val_size, len(units) - n_test, "split.val_size")
     order = np.random.default_rng(seed).permutation(len(units))
+    if folds:
+        if not 2 <= folds <= len(units):
+            raise SystemExit(f"params.yaml: split.folds={folds} needs from 2 to {len(units)} folds "
+                             f"({len(units)} {by}s in all)")
+        if not 0 <= fold < folds:
+            raise SystemExit(f"params.yaml: split.fold={fold} must be from 0 to {folds - 1} (split.folds={folds})")
+        # Dealt round-robin: fold sizes differ by one at most; the test side first, the rest keeps its order.
+        test = list(order[fold::folds])
+        order = test + [i for i in order if i not in test]
+        n_test = len(test)
+    else:
+        n_test = _count(test_size, len(units), "split.test_size")
+    n_val = _count(val_size, len(units) - n_test, "split.val_size")
     part = {}
     for rank, i in enumerate(order):
         part[units[i]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"

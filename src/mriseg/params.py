@@ -42,6 +42,9 @@ def load_params(path="params.yaml"):
     check_value(params, path, "train.workers", "auto", lambda v: v == "auto" or whole(v), "auto or a whole number >= 0",
                 "DataLoader worker processes")
     check_value(params, path, "train.device_cache_gb", 0, number, "a number >= 0", "GB of splits held on the device")
+    check_value(params, path, "split.folds", 0, lambda v: whole(v) and v != 1, "0 or a whole number >= 2",
+                "0 = one test side of split.test_size, K = K-fold cross-validation")
+    check_value(params, path, "split.fold", 0, whole, "a whole number >= 0", "the fold held out for testing")
     check_value(params, path, "data.pixel_size", 1.0, number, "a number >= 0", "in-plane mm; 0 keeps the voxels")
     check_value(params, path, "data.min_tissue", 100, whole, "a whole number >= 0", "tissue pixels of a trained slice")
     check_value(params, path, "data.max_volume_mb", 1024, lambda v: number(v) and v > 0, "a number > 0",

@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from conftest import make_project, nifti_gz_bytes, set_params  # noqa: E402  (the tests' project copy)
+from mriseg.training import read_timing  # noqa: E402
 
 SHAPE = (128, 128, 128)
 MB = 2**20
@@ -206,18 +207,9 @@ def machine():
 
 
 def images_per_s(project):
-    """The epoch's train_images_per_s, as the train stage logged it (DVCLive)."""
-    metrics = project / "reports" / "train" / "axial" / "metrics.json"
-    if metrics.exists():
-        value = json.loads(metrics.read_text()).get("train", {}).get("images_per_s")
-        if value is not None:
-            return float(value)
-    tsv = project / "reports" / "train" / "axial" / "plots" / "metrics" / "train" / "images_per_s.tsv"
-    if tsv.exists():
-        rows = list(csv.DictReader(tsv.open(), delimiter="\t"))
-        if rows:
-            return float(rows[-1]["images_per_s"])
-    return float("nan")
+    """The last epoch's training images/s, as the train stage logged it (logs/train/axial.tsv)."""
+    timing = project / "logs" / "train" / "axial.tsv"
+    return read_timing(timing)[-1]["images_per_s"] if timing.exists() else float("nan")
 
 
 def slice_counts(project):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from mriseg.metrics import tutorial_iou
 from mriseg.models import build_model
-from mriseg.training import train
+from mriseg.training import read_timing, train
 
 
 def make_slices(folder, n, size, seed=0):
@@ -93,8 +93,9 @@ def mriseg_loop(model_name, folder, device, epochs, batch_size, cache_gb=8, work
            "amp": True, "channels_last": True, "compile": False, "cudnn_benchmark": True,
            "device_cache_gb": cache_gb, "workers": workers, **switches}
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = train(cfg, model_name, SliceDataset(manifest, "train"), {}, Path(tmp) / "m.pt", Path(tmp) / "r.pt")
-    speeds = [row["train_images_per_s"] for row in ckpt["history"]]
+        ckpt = train(cfg, model_name, SliceDataset(manifest, "train"), {}, Path(tmp) / "m.pt", Path(tmp) / "r.pt",
+                     timing_path=Path(tmp) / "timing.tsv")
+        speeds = [row["images_per_s"] for row in read_timing(Path(tmp) / "timing.tsv")]
     return float(np.median(speeds[1:] or speeds)), ckpt["history"][-1]["train_loss"]
 
 

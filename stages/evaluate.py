@@ -41,12 +41,13 @@ def main():
                                 for view, rows in view_subjects.items()}
         metrics["best_epoch"] = best if len(best) > 1 else best[first.name]
     metrics["test_subjects"] = len(subjects)
+    metrics["trained_on"] = first.ckpt.get("trained_on", {})  # device and torch version, for dvc exp show
     if summary:
         metrics["per_subject"] = summary
     write_json("reports/metrics.json", metrics)
     write_subjects(subjects, "reports/subjects.csv")
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
-                   if k not in ("per_subject", "views")))
+                   if k not in ("per_subject", "views", "trained_on")))
     for key, s in metrics.get("per_subject", {}).items():
         print(f"per subject {key}: {s['mean']:.4f} +- {s['sd']:.4f}")
     for view, scores in metrics.get("views", {}).items():

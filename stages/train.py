@@ -1,6 +1,7 @@
 """Stage train@<view>: data/manifest.csv -> models/views/<view>.pt, one network for one plane (axial, coronal
 or sagittal), per-epoch curves in reports/train/<view> (DVCLive). params.yaml's `train`, with the view's own
-changes from `views.<view>` on top."""
+changes from `views.<view>` on top. Wall-clock time per epoch: logs/train/<view>.tsv (untracked, so that a
+retrain with the same seed leaves git and dvc.lock as they were)."""
 import sys
 
 from mriseg.data import SliceDataset, archive_metadata, archive_views, data_id, read_manifest, usable_context
@@ -28,7 +29,9 @@ def main(view):
               f"models/views/{view}.pt", f"models/resume/{view}.pt", live_dir=f"reports/train/{view}",
               eval_batch_size=cfg["eval_batch_size"], data_id=data_id("data/manifest.csv", "data/MRIs"),
               extra={"axis": view, **{k: meta[k] for k in ("normalization", "pixel_size_mm", "grid")}},
-              mirror=view in LEFT_RIGHT_VIEWS)
+              mirror=view in LEFT_RIGHT_VIEWS, timing_path=f"logs/train/{view}.tsv",
+              artifact={"name": f"tissue-segmenter-{view}", "labels": [params["model"], view, "2.5d"],
+                        "desc": f"the {view} view of the tissue-segmenter artifact (dvc.yaml)"})
     except PretrainedWeightsUnavailable as e:
         sys.exit(f"train: error: {e}")
 

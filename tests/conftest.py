@@ -92,9 +92,9 @@ def _quiet_env(monkeypatch):
 NORM = {"method": "percentile", "low": 0.5, "high": 99.5}
 
 
-def mriseg(*args):
+def mriseg(*args, cwd=None):
     """The mriseg command line, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "mriseg", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "mriseg", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import zipfile
 
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import cohort_zip, make_project, make_tiny_archive, run, set_params
 
@@ -49,8 +50,22 @@ def test_nothing_changed_runs_nothing(project):
     assert ran(out) == set() and "up to date" in out
 
 
+def git_changes(project):
+    return run(["git", "status", "--porcelain", "--untracked-files=all"], project).stdout
+
+
+def test_a_forced_rerun_with_the_same_seed_changes_no_tracked_file(project):
+    """No wall clock and no temporary names in what DVC and git track: a retrain on the CPU with identical
+    params and seed writes every output byte for byte as before (timing goes to the untracked logs/)."""
+    run("git add -A && git commit -qm 'first run'", project)
+    out = run(["dvc", "repro", "--force"], project).stdout
+    assert ran(out) == set(STAGES)
+    assert git_changes(project) == ""
+    assert (project / "logs" / "train" / "axial.tsv").exists()
+
+
 def test_exp_run_resnet_reruns_only_train_and_evaluate_and_metrics_diff(project):
-    run("git add -A && git commit -qm 'unet baseline'", project)
+    run("git add -A && git commit -qm 'unet baseline' --allow-empty", project)
     before = json.loads((project / "reports" / "metrics.json").read_text())
     out = run(["dvc", "exp", "run", "-S", "model=resnet", "-S", "train.pretrained=false"], project).stdout
     assert ran(out) == {"train@axial", "bundle", "evaluate"}
@@ -73,20 +88,47 @@ def test_split_param_reruns_split_train_evaluate(project):
     assert ran(out) == {"split", "train@axial", "bundle", "evaluate"}
 
 
-def test_bad_archive_fails_unzip_cleanly_and_keeps_good_data(project, tmp_path):
+def listing(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_bad_archive_fails_unzip_in_one_line_and_the_cache_brings_the_data_back(project, tmp_path):
+    """Without persist, DVC clears a stage's outputs before running it; unzip writes to a temporary folder,
+    so a refused archive leaves nothing half-written, and the last good data comes back from the cache."""
     bad = tmp_path / "bad.zip"
     with zipfile.ZipFile(bad, "w") as zf:
         zf.writestr("MRIs/MRIs/img_1.npy", b"not numpy at all")
         zf.writestr("MRIs/Segmentations/segm_1.npy", b"not numpy either")
-    data_before = sorted(p.relative_to(project).as_posix() for p in (project / "data" / "MRIs").rglob("*"))
+    data_before = listing(project / "data" / "MRIs")
     set_params(project, {"data.archive": str(bad)})
     r = run(["dvc", "repro", "unzip"], project, check=False)
     assert r.returncode != 0
     errors = [line for line in r.stderr.splitlines() if line.startswith("unzip: error:")]
     assert len(errors) == 1 and "img_1.npy" in errors[0] and "not a valid .npy" in errors[0]
-    assert sorted(p.relative_to(project).as_posix() for p in (project / "data" / "MRIs").rglob("*")) == data_before
-    assert sorted(p.name for p in (project / "data").iterdir()) == [".gitignore", "MRIs", "archive.zip", "manifest.csv"]
+    assert sorted(p.name for p in (project / "data").iterdir()) == [".gitignore", "archive.zip", "manifest.csv"]
     run("git checkout -q params.yaml", project)
+    out = run(["dvc", "repro", "unzip"], project).stdout
+    assert ran(out) == set() and "Stage 'unzip' is cached - skipping run" in out
+    assert listing(project / "data" / "MRIs") == data_before
+
+
+def test_switching_the_archive_back_restores_it_from_the_run_cache(project, tmp_path):
+    first = yaml.safe_load((project / "params.yaml").read_text())["data"]["archive"]
+    data_before, zip_before = listing(project / "data" / "MRIs"), (project / "data" / "archive.zip").read_bytes()
+    other = make_tiny_archive(tmp_path / "other.zip", n=20, seed=1)
+    out = run(["dvc", "exp", "run", "-S", f"data.archive={other}"], project).stdout
+    assert {"fetch", "unzip"} <= ran(out)
+    assert listing(project / "data" / "MRIs") != data_before
+    hidden = tmp_path / "away.zip"
+    os.replace(first, hidden)  # fetching it again would fail: what comes back can only come from the cache
+    try:
+        out = run(["dvc", "exp", "run", "-S", f"data.archive={first}"], project).stdout
+    finally:
+        os.replace(hidden, first)
+    assert not {"fetch", "unzip"} & ran(out), out
+    assert "Stage 'fetch' is cached - skipping run" in out
+    assert (project / "data" / "archive.zip").read_bytes() == zip_before
+    assert listing(project / "data" / "MRIs") == data_before
 
 
 def test_killed_dvc_train_resumes(project):

@@ -12,7 +12,7 @@ import torch
 
 from mriseg.models import FlipAveraged, UNet, load_checkpoint
 from mriseg.params import load_params
-from mriseg.training import Feed, augment, compute_loss, evaluate, train
+from mriseg.training import Feed, augment, compute_loss, evaluate, read_timing, train
 from conftest import synthetic_pair
 
 CFG = {"epochs": 4, "batch_size": 8, "lr": 3e-3, "pretrained": False, "stem_init": "random", "loss": "bce",
@@ -33,19 +33,19 @@ dataset = lambda tensors: torch.utils.data.TensorDataset(*tensors)
 CPU = torch.device("cpu")
 
 
-def run_train(tmp_path, name="run", model="unet", **over):
+def run_train(tmp_path, name="run", model="unet", timing_path=None, **over):
     cfg = {**CFG, **over}
     return train(cfg, model, dataset(TRAIN), {"test": dataset(TEST)}, tmp_path / f"{name}.pt",
-                 tmp_path / f"{name}.resume.pt",
+                 tmp_path / f"{name}.resume.pt", timing_path=timing_path,
                  extra={"axis": "axial", "normalization": {"method": "percentile", "low": 0.5, "high": 99.5}})
 
 
 def test_streamed_cached_and_worker_fed_training_are_the_same(tmp_path):
     """The split held on the device (train.device_cache_gb), streamed on the main process, or streamed by
     DataLoader worker processes: the same batches, so the same metrics to the last digit."""
-    cached = metrics_only(run_train(tmp_path, "cached", epochs=2, augment=True, device_cache_gb=1)["history"])
-    streamed = metrics_only(run_train(tmp_path, "streamed", epochs=2, augment=True, device_cache_gb=0)["history"])
-    workers = metrics_only(run_train(tmp_path, "workers", epochs=2, augment=True, workers=2)["history"])
+    cached = run_train(tmp_path, "cached", epochs=2, augment=True, device_cache_gb=1)["history"]
+    streamed = run_train(tmp_path, "streamed", epochs=2, augment=True, device_cache_gb=0)["history"]
+    workers = run_train(tmp_path, "workers", epochs=2, augment=True, workers=2)["history"]
     assert cached == streamed == workers
 
 
@@ -60,18 +60,15 @@ def test_training_learns_and_writes_a_safe_checkpoint(tmp_path):
     assert not (tmp_path / "run.resume.pt").exists(), "the resume file goes once training is done"
 
 
-TIMINGS = ("train_seconds", "train_images_per_s")
-
-
-def metrics_only(history):
-    return [{k: v for k, v in row.items() if k not in TIMINGS} for row in history]
-
-
-def test_same_seed_gives_identical_metrics_on_cpu(tmp_path):
-    a = metrics_only(run_train(tmp_path, "a", epochs=2)["history"])
-    b = metrics_only(run_train(tmp_path, "b", epochs=2)["history"])
+def test_same_seed_gives_the_same_checkpoint_bytes_on_cpu(tmp_path):
+    """No wall clock in the checkpoint (it goes to timing_path): a retrain leaves dvc.lock as it was."""
+    a = run_train(tmp_path, "a", epochs=2, timing_path=tmp_path / "a.tsv")["history"]
+    b = run_train(tmp_path, "b", epochs=2)["history"]
     assert a == b
-    c = metrics_only(run_train(tmp_path, "c", epochs=2, seed=1)["history"])
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert [row["epoch"] for row in read_timing(tmp_path / "a.tsv")] == [1, 2]
+    assert all(row["seconds"] > 0 and row["images_per_s"] > 0 for row in read_timing(tmp_path / "a.tsv"))
+    c = run_train(tmp_path, "c", epochs=2, seed=1)["history"]
     assert c != a
 
 
@@ -153,7 +150,7 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
     straight = run_train(tmp_path, "straight", epochs=8)["history"]
     killed = torch.load(tmp_path / "killed.pt", weights_only=True)["history"]
     assert len(killed) == 8
-    for a, b in zip(metrics_only(killed), metrics_only(straight)):
+    for a, b in zip((killed), (straight)):
         for k in a:
             assert a[k] == pytest.approx(b[k], abs=1e-6), k
 
@@ -227,5 +224,5 @@ def test_resume_file_of_the_last_epoch_only_writes_the_checkpoint(tmp_path, caps
     ckpt = run_train(tmp_path, "last", epochs=2)
     out = capsys.readouterr().out
     assert "after epoch 2/2" in out and "epoch 1/2 " not in out, "no epoch may be trained again"
-    assert metrics_only(ckpt["history"]) == metrics_only(straight["history"])
+    assert (ckpt["history"]) == (straight["history"])
     assert not state_path.exists()

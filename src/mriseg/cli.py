@@ -1,7 +1,9 @@
-"""The `mriseg` command line: segment new scans, score a model on an archive, and turn labelled volumes
-into a training archive."""
+"""The `mriseg` command line: segment new scans, score a model on an archive, turn labelled volumes
+into a training archive, and compare DVC experiments."""
 import argparse
+import json
 import sys
+from pathlib import Path
 
 
 def positive_int(text):
@@ -77,6 +79,25 @@ def evaluate_command(args):
     return 0
 
 
+def compare_command(args):
+    from .experiments import ExperimentsError, compare, dvc_exp_show, finished_experiments, markdown, plot, report
+    from .io import atomic_path
+
+    try:
+        show = json.loads(Path(args.json).read_text()) if args.json else dvc_exp_show(args.all_commits)
+        result = compare(finished_experiments(show), metrics=args.metrics.split(","), baseline=args.baseline)
+    except (ExperimentsError, OSError, ValueError) as e:
+        print(f"compare: error: {e}", file=sys.stderr)
+        return 2
+    print(markdown(result))
+    if args.out:
+        with atomic_path(f"{args.out}.md") as tmp:
+            tmp.write_text(report(result))
+        plot(result, f"{args.out}.png")
+        print(f"-> {args.out}.md, {args.out}.png", file=sys.stderr)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="mriseg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +142,17 @@ def main(argv=None):
                    "e.g. to score it on these subjects with `mriseg evaluate`")
     m.add_argument("--min-tissue", type=int, default=100, help="keep slices with at least this many tissue pixels")
     m.set_defaults(func=make_archive_command)
+
+    c = sub.add_parser("compare", help="compare DVC experiments (e.g. a cross-validation queued with dvc exp run "
+                       "--queue): per-run scores, mean ± sd per group of params, paired gains per fold and seed")
+    c.add_argument("--metrics", default="dice_white_matter,dice_gray_matter",
+                   help="keys of reports/metrics.json, comma-separated")
+    c.add_argument("--baseline", help="the group the others are paired against (as printed; default: the first)")
+    c.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")
+    c.add_argument("--json", help="read this saved `dvc exp show --json` instead of running it here")
+    c.add_argument("--out", metavar="PREFIX", help="also write PREFIX.md (tables, commits, params, device, torch) "
+                   "and PREFIX.png (scores per fold and seed)")
+    c.set_defaults(func=compare_command)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -30,6 +30,15 @@ def write_json(path, obj):
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
+def save_torch(obj, path):
+    """torch.save, atomically. Through a file object, because given a path torch names the zip's records
+    after the (temporary, random) file name: the same checkpoint would differ byte for byte on every run."""
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
 def replace_dir(tmp_dir, dest):
     """Swap a fully written directory into place; the old one is removed only after the swap."""
     dest = Path(dest)

@@ -226,7 +226,7 @@ SHARED_RULES = ("normalization", "pixel_size_mm", "grid")
 def bundle_views(paths, weights, out_path):
     """{view: checkpoint path} + {view: weight} -> one file holding every view (see load_views). The views
     must share the rules that make one working volume for all of them."""
-    from .io import atomic_path
+    from .io import save_torch
 
     views = {}
     for view, path in paths.items():
@@ -241,5 +241,4 @@ def bundle_views(paths, weights, out_path):
     weights = {view: float(weights.get(view, 1.0)) for view in views}
     if not views or sum(weights.values()) <= 0:
         raise CheckpointError(f"{out_path}: no view to bundle, or weights summing to 0 ({weights})")
-    with atomic_path(out_path) as tmp:
-        torch.save({"format": 2, "views": views, "weights": weights}, tmp)
+    save_torch({"format": 2, "views": views, "weights": weights}, out_path)

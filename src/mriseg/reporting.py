@@ -12,7 +12,7 @@ from .io import atomic_path  # noqa: E402
 LABEL_CMAP = ListedColormap(["#f2f2f2", "#8c8c8c", "#000000"])
 
 
-def _save(fig, path):
+def save_figure(fig, path):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -36,7 +36,7 @@ def plot_curves(histories, path, title=""):
         ax.legend(fontsize=7)
     axes[0].set_title(f"{title} loss")
     axes[1].set_title(f"{title} IoU")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_predictions(images, masks, preds, names, path):
@@ -56,7 +56,7 @@ def plot_predictions(images, masks, preds, names, path):
         for ax in axes[row]:
             ax.axis("off")
     fig.suptitle("white matter = light, gray matter = gray, background = black; errors in red", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_overlay(image, labels, path, title=""):
@@ -71,4 +71,4 @@ def plot_overlay(image, labels, path, title=""):
                   interpolation="nearest")
         ax.axis("off")
     fig.suptitle(f"{title}  (white matter blue, gray matter orange)", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -1,10 +1,12 @@
 """The training loop: slices streamed from disk through a DataLoader (or held on the device when a split
 fits train.device_cache_gb), device-side augmentation, one-hot and metrics, resumable epochs."""
+import csv
 import gc
 import hashlib
 import json
 import math
 import os
+import platform
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import CLASS_NAMES
-from .io import atomic_path
+from .io import atomic_path, save_torch
 from .metrics import NUM_CLASSES, confusion_matrix, scores, tutorial_iou
 from .models import FlipAveraged, build_model
 
@@ -33,6 +35,19 @@ def pick_device(name="auto", where="params.yaml: train.device"):
     if name == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"{where}=cuda, but no CUDA GPU is visible (use auto or cpu)")
     return torch.device(name)
+
+
+def describe_device(device):
+    """What trained a model, for the records: the GPU's or the CPU's name, and the torch version."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        cpuinfo = Path("/proc/cpuinfo")
+        lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                    platform.processor() or "CPU")
+        name = f"{name}, {torch.get_num_threads()} threads"
+    return {"device": name, "torch": str(torch.__version__)}  # a TorchVersion would not load with weights_only
 
 
 def use_all_cores():
@@ -205,12 +220,29 @@ def log_epoch(live, row):
     live.next_step()
 
 
+TIMING_COLUMNS = ("epoch", "seconds", "images_per_s")
+
+
+def write_timing(timing, path):
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, TIMING_COLUMNS, delimiter="\t")
+        writer.writeheader()
+        writer.writerows(timing)
+
+
+def read_timing(path):
+    """The per-epoch wall clock a training wrote to its timing_path: rows of epoch, seconds, images_per_s."""
+    with open(path, newline="") as f:
+        return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()}
+                for row in csv.DictReader(f, delimiter="\t")]
+
+
 def data_fingerprint(config, data_id):
     return hashlib.sha256(json.dumps({"config": config, "data": data_id}, sort_keys=True).encode()).hexdigest()
 
 
 def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir=None, eval_batch_size=32,
-          extra=None, data_id="", mirror=True):
+          extra=None, data_id="", mirror=True, timing_path=None, artifact=None):
     """Train `model_name` with params.yaml's `train` section `cfg`.
 
     train_set: a Dataset of (image [C,H,W] float32, mask [H,W] uint8), all of one shape (data.SliceDataset).
@@ -219,6 +251,9 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     (data_id: see data.data_id) and params and training carries on from there. Per-epoch metrics go to
     DVCLive in live_dir. Writes the checkpoint to out_path. mirror: the slices' columns run left-right
     (axial, coronal), so flips in augmentation and train.flip_tta give plausible brains; off for sagittal.
+    artifact: DVCLive's log_artifact arguments (name, desc, labels) for the checkpoint, when live_dir is set.
+    Wall-clock times go to timing_path (TSV: epoch, seconds, images_per_s) and nowhere else, so that a
+    retrain with the same seed writes the same checkpoint and curves, byte for byte.
     """
     cfg = resolve_recipe(cfg)
     use_all_cores()
@@ -260,7 +295,7 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     gen = torch.Generator().manual_seed(cfg["seed"])
 
     fingerprint = data_fingerprint({"model": model_name, "train": cfg}, data_id)
-    history, start, best = [], 0, {"score": -1.0, "epoch": None, "state_dict": None}
+    history, timing, start, best = [], [], 0, {"score": -1.0, "epoch": None, "state_dict": None}
     resume_path = Path(resume_path)
     if resume_path.exists():
         # RNG states must stay on the CPU; the optimizer state follows the parameters on load.
@@ -272,6 +307,7 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
             gen.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
             history, start, best = state["history"], state["epoch"], state["best"]
+            timing = state.get("timing", [])
             print(f"resuming from {resume_path} after epoch {start}/{epochs}")
     live = None
     if live_dir is not None:
@@ -311,7 +347,7 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
         row = {"epoch": epoch + 1, "train_loss": float(total_loss) / n, "train_iou": float(total_iou) / len(feed),
                **{f"train_{k}": v for k, v in scores(cm.cpu()).items()}}
         seconds = time.perf_counter() - t0  # float(total_loss) above waited for the device
-        row.update({"train_seconds": seconds, "train_images_per_s": n / seconds})
+        timing.append({"epoch": epoch + 1, "seconds": seconds, "images_per_s": n / seconds})
         for split in eval_sets:
             if split in feeds:
                 r = evaluate(score_model, feeds[split], device, amp, loss_name, activation)
@@ -319,26 +355,31 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
                             **{f"{split}_{k}": v for k, v in scores(r["confusion"]).items()}})
         history.append(row)
         print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={row[k]:.4f}" for k in row
-                                                      if k.endswith(("_loss", "_iou", "_dice_gray_matter"))))
+                                                      if k.endswith(("_loss", "_iou", "_dice_gray_matter")))
+              + f" ({seconds:.1f} s, {n / seconds:.1f} images/s)")
         if "val" in feeds and row["val_iou"] > best["score"]:
             best = {"score": row["val_iou"], "epoch": epoch + 1,
                     "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         if live is not None:
             log_epoch(live, row)
-        with atomic_path(resume_path) as tmp:
-            torch.save({"fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
-                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                        "history": history, "best": best}, tmp)
+        save_torch({"fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                    "history": history, "timing": timing, "best": best}, resume_path)
+        if timing_path is not None:
+            write_timing(timing, timing_path)
 
     state_dict = best["state_dict"] if best["state_dict"] is not None else model.state_dict()
     ckpt = {"format": 1, "model": model_name, "state_dict": {k: v.cpu() for k, v in state_dict.items()},
             "classes": list(CLASS_NAMES), "activation": activation, "loss": loss_name, "context": context,
             "width": cfg.get("width", 16), "flip_tta": flip_tta,
-            "best_epoch": best["epoch"] or epochs, "history": history, "train": cfg, **(extra or {})}
-    with atomic_path(out_path) as tmp:
-        torch.save(ckpt, tmp)
+            "best_epoch": best["epoch"] or epochs, "history": history, "train": cfg,
+            "trained_on": describe_device(device), **(extra or {})}
+    save_torch(ckpt, out_path)
     resume_path.unlink(missing_ok=True)
     if live is not None:
+        if artifact:
+            # A pipeline output already: DVC caches it as the stage's out, DVCLive only annotates it.
+            live.log_artifact(str(out_path), type="model", cache=False, **artifact)
         live.end()
     return ckpt

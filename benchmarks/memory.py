@@ -22,7 +22,7 @@ streaming figure.
 
     python benchmarks/memory.py                                   # 16 and 160 volumes, ~16 min on 2 cores
     python benchmarks/memory.py --subjects 4,8 --keep             # a quick look; keeps the temporary projects
-    python benchmarks/memory.py --out benchmarks/results/memory-cpu.md
+    python benchmarks/memory.py --out benchmarks/results/speed/memory-cpu.md
 
 Needs Linux (/proc, kernel >= 5.14 for Pss_Anon) and ~3 GB of free disk per 100 volumes.
 """

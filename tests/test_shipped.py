@@ -31,5 +31,5 @@ def test_predict_without_model_segments_the_mni152_template(tmp_path):
     truth = np.where(brain, labels_from_probabilities(wm, gm), 2)
     scores = subject_scores(confusion_of(pred, truth))
     # The target is 0.9 for both; this CPU-trained model reaches white matter 0.885, gray matter
-    # 0.912 (benchmarks/results/shipped-mni152-cpu.md): these floors catch a regression, not the target.
+    # 0.912 (benchmarks/results/shipped-model/mni152-cpu.md): these floors catch a regression, not the target.
     assert scores["dice_white_matter"] >= 0.88 and scores["dice_gray_matter"] >= 0.9, scores

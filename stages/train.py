@@ -1,29 +1,64 @@
 """Stage train@<view>: data/manifest.csv -> models/views/<view>.pt, one network for one plane (axial, coronal
 or sagittal), per-epoch curves in reports/train/<view> (DVCLive). params.yaml's `train`, with the view's own
 changes from `views.<view>` on top. Wall-clock time per epoch: logs/train/<view>.tsv (untracked, so that a
-retrain with the same seed leaves git and dvc.lock as they were)."""
+retrain with the same seed leaves git and dvc.lock as they were).
+
+train.processes > 1 starts PyTorch's launcher (torchrun --standalone) on this script, one process per GPU
+(or gloo processes on the CPU). Under a torchrun you started yourself (several machines, SLURM), the
+script trains as one of its processes and launches nothing."""
+import logging
+import os
 import sys
 
+import torch
+
 from mriseg.data import SliceDataset, archive_metadata, archive_views, data_id, read_manifest, usable_context
+from mriseg.devices import DistributedError, launched
 from mriseg.models import PretrainedWeightsUnavailable
 from mriseg.params import load_params
-from mriseg.training import resolve_recipe, train
+from mriseg.training import SettingsError, resolve_recipe, train
 from mriseg.volumes import LEFT_RIGHT_VIEWS
+
+
+def launch(processes, device, view):
+    """Run this stage as `processes` processes under torchrun; returns the stage's exit status or message."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if on_gpu and processes > torch.cuda.device_count():
+        return (f"train: error: params.yaml: train.processes={processes}, but {torch.cuda.device_count()} CUDA "
+                "GPU(s) are visible: one process per GPU")
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the failing rank says why
+    # The machine's cores shared out (torchrun would give each process one thread, with a banner saying so).
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // processes)))
+    try:
+        run(parse_args(["--standalone", "--nproc-per-node", str(processes), __file__, view]))
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        return f"train: error: rank {rank} of {processes} processes failed (exit code {failure.exitcode})"
+    return 0
 
 
 def main(view):
     params = load_params()
+    cfg = resolve_recipe({**params["train"], **(params["views"][view] or {})})
+    if cfg.get("processes", 1) > 1 and launched()[1] == 1:
+        return launch(cfg["processes"], cfg["device"], view)
+    lead = launched()[0] == 0
     planes = archive_views("data/MRIs")
     if view not in planes:
-        sys.exit(f"train: error: data/MRIs holds {planes[0]} slices only (a slice archive): "
-                 f"remove views.{view} from params.yaml")
+        return (f"train: error: data/MRIs holds {planes[0]} slices only (a slice archive): "
+                f"remove views.{view} from params.yaml")
     manifest = read_manifest("data/manifest.csv")
-    cfg = resolve_recipe({**params["train"], **(params["views"][view] or {})})
-    context = cfg["context"] = usable_context(manifest, cfg.get("context", 0))
+    context = cfg["context"] = usable_context(manifest, cfg.get("context", 0), log=print if lead else lambda m: None)
     data = {split: SliceDataset(manifest, split, context, view) for split in ("train", "val", "test")}
     meta = archive_metadata("data/MRIs")
-    print(f"train {view}: {len(data['train'])} slices {data['train'].frame}, val {len(data['val'])}, "
-          f"test {len(data['test'])} ({meta['layout']}); model {params['model']}, {2 * context + 1} input channel(s)")
+    if lead:
+        print(f"train {view}: {len(data['train'])} slices {data['train'].frame}, val {len(data['val'])}, "
+              f"test {len(data['test'])} ({meta['layout']}); model {params['model']}, "
+              f"{2 * context + 1} input channel(s)")
     try:
         train(cfg, params["model"], data["train"], {"val": data["val"], "test": data["test"]},
               f"models/views/{view}.pt", f"models/resume/{view}.pt", live_dir=f"reports/train/{view}",
@@ -32,9 +67,10 @@ def main(view):
               mirror=view in LEFT_RIGHT_VIEWS, timing_path=f"logs/train/{view}.tsv",
               artifact={"name": f"tissue-segmenter-{view}", "labels": [params["model"], view, "2.5d"],
                         "desc": f"the {view} view of the tissue-segmenter artifact (dvc.yaml)"})
-    except PretrainedWeightsUnavailable as e:
-        sys.exit(f"train: error: {e}")
+    except (PretrainedWeightsUnavailable, DistributedError, SettingsError) as e:
+        return f"train: error: {e}"
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    sys.exit(main(sys.argv[1]))

@@ -6,6 +6,14 @@ import sys
 from pathlib import Path
 
 
+def part_of(text):
+    """'K/N' -> (K, N), 1 <= K <= N."""
+    k, sep, n = text.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise argparse.ArgumentTypeError(f"{text}: expected K/N with 1 <= K <= N, e.g. 2/8")
+    return int(k), int(n)
+
+
 def positive_int(text):
     value = int(text)
     if value < 1:
@@ -16,15 +24,22 @@ def positive_int(text):
 def predict_command(args):
     from tqdm import tqdm
 
+    from .devices import DistributedError
     from .models import SHIPPED_MODEL, CheckpointError
-    from .prediction import InputError, predict_files
+    from .prediction import InputError, merge_parts, predict_files
 
+    log = lambda m: tqdm.write(m, file=sys.stderr)
     pixel = [float(v) for v in args.pixel_size.split(",")] if args.pixel_size else None
     try:
+        if args.merge:
+            if args.inputs:
+                raise InputError("--merge takes no INPUT: it joins the part files already in --out")
+            merge_parts(args.out, log=log)
+            return 0
         failed = predict_files(args.model or SHIPPED_MODEL, args.out, args.inputs, device=args.device,
                                batch_size=args.batch_size, pixel_size=pixel, slice_thickness=args.slice_thickness,
-                               labels=args.labels, log=lambda m: tqdm.write(m, file=sys.stderr))
-    except (CheckpointError, InputError) as e:
+                               labels=args.labels, part=args.part, log=log)
+    except (CheckpointError, InputError, DistributedError) as e:
         print(f"predict: error: {e}", file=sys.stderr)
         return 2
     return 1 if failed else 0
@@ -103,7 +118,8 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="segment .npy slices or NIfTI/MGZ volumes, and measure tissue volumes")
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help=".npy slices, folders of them, .nii/.nii.gz/.mgz volumes")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help=".npy slices, folders of them, .nii/.nii.gz/.mgz "
+                   "volumes, FreeSurfer subjects, a BIDS dataset (its sub-*/[ses-*/]anat/*_T1w.nii[.gz])")
     p.add_argument("--model", help="a bundle or checkpoint the pipeline trained (models/model.pt, "
                    "models/views/<view>.pt); default: the shipped three-view model (skull-stripped adult T1; "
                    "see mriseg/shipped/MODEL.md)")
@@ -115,6 +131,11 @@ def main(argv=None):
     p.add_argument("--labels", help="score volumes against their manual labels (make-archive's pairing: "
                    "<subject>_seg.nii.gz, FreeSurfer mri/aseg.mgz, FSL _pve_0/1/2) mapped with this preset or map; "
                    "adds manual ml and Dice per tissue to volumes.csv")
+    p.add_argument("--part", type=part_of, metavar="K/N", help="segment only the K-th of N shares of the inputs "
+                   "(a job array: every N-th input from the K-th, in sorted order) into volumes.part-K-of-N.csv; "
+                   "under torchrun each process takes its share and rank 0 writes volumes.csv")
+    p.add_argument("--merge", action="store_true", help="join the part files in --out into volumes.csv, "
+                   "in input order, once every part has run")
     p.set_defaults(func=predict_command)
 
     e = sub.add_parser("evaluate", help="score a model on every subject of an archive (e.g. subjects it never saw): "

@@ -7,7 +7,7 @@ import torch
 
 from . import first_line
 
-from .training import autocast
+from .devices import autocast, barrier, join_processes, launched, leave_processes, pick_device
 
 
 def channels_last(x):
@@ -43,23 +43,39 @@ class InputError(ValueError):
     """A bad input file; one line naming it."""
 
 
-VOLUME_COLUMNS = ["file", "white_matter_voxels", "gray_matter_voxels", "white_matter_ml", "gray_matter_ml",
+VOLUME_COLUMNS = ["file", "subject", "session", "white_matter_voxels", "gray_matter_voxels", "white_matter_ml", "gray_matter_ml",
                   "gray_white_ratio", "white_matter_mm2", "gray_matter_mm2"]
 # With --labels: the manual segmentation beside each volume, on the input's own grid.
 REFERENCE_COLUMNS = ["manual_white_matter_ml", "manual_gray_matter_ml", "dice_white_matter", "dice_gray_matter",
                      "volume_error_white_matter", "volume_error_gray_matter"]
 
 
+def bids_t1w(root):
+    """A BIDS dataset's T1-weighted images, sub-*/[ses-*/]anat/*_T1w.nii[.gz], sorted; [] if it has none."""
+    root = Path(root)
+    found = [p for pattern in ("sub-*/anat/*_T1w.nii*", "sub-*/ses-*/anat/*_T1w.nii*") for p in root.glob(pattern)]
+    return sorted(p for p in found if p.name.endswith(("_T1w.nii", "_T1w.nii.gz")))
+
+
+def bids_entities(path):
+    """(subject, session) from a BIDS file name (sub-<label>[_ses-<label>]_...); '' where absent."""
+    found = dict(part.split("-", 1) for part in Path(path).name.split("_") if part.startswith(("sub-", "ses-")))
+    return found.get("sub", ""), found.get("ses", "")
+
+
 def expand_inputs(inputs, skip_labels=False):
     """Files as given; folders become their .npy/.nii/.nii.gz/.mgz files, sorted (without the label
-    volumes of make-archive's pairing rules when skip_labels), and the mri/norm.mgz of FreeSurfer subject
-    folders (the folder itself, or its sub-folders) as make-archive finds them."""
+    volumes of make-archive's pairing rules when skip_labels), the mri/norm.mgz of FreeSurfer subject
+    folders (the folder itself, or its sub-folders) as make-archive finds them, and a BIDS dataset's
+    sub-*/[ses-*/]anat/*_T1w.nii[.gz]."""
     from .make_archive import freesurfer_images, is_label_file
     from .volumes import is_volume
 
     files = []
     for item in map(Path, inputs):
-        if item.is_dir() and item.name == "mri" and (item / "norm.mgz").is_file():
+        if item.is_dir() and bids_t1w(item):
+            files += bids_t1w(item)
+        elif item.is_dir() and item.name == "mri" and (item / "norm.mgz").is_file():
             files.append(item / "norm.mgz")  # a FreeSurfer subject's mri/: its image, not aseg, wm, ...
         elif item.is_dir():
             found = freesurfer_images(item) + sorted(
@@ -152,7 +168,6 @@ class Predictor:
 
     def __init__(self, checkpoint, device="auto", batch_size=32):
         from .models import load_views
-        from .training import pick_device
 
         self.device, self.batch_size = pick_device(device, where="--device"), batch_size
         self.views = [View(*v) for v in load_views(checkpoint, self.device)]
@@ -256,10 +271,13 @@ def save_volume(img, path, ext):
 
 
 def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pixel_size=None, slice_thickness=1.0,
-                  labels=None, log=print):
+                  labels=None, part=None, log=print):
     """Segment every input; returns the number that failed. Raises InputError/CheckpointError up front.
 
     labels (a make-archive preset or mapping): score each volume against the manual labels beside it.
+    part (k, n), 1 <= k <= n: segment only every n-th input from the k-th (a job array's share) and write
+    its rows to volumes.part-k-of-n.csv, for merge_parts. Under torchrun the part is the process's
+    (RANK + 1, WORLD_SIZE), and rank 0 merges the parts into volumes.csv once every process is done.
     """
     import nibabel as nib
     import pandas as pd
@@ -274,6 +292,12 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
         labels = parse_labels(labels) if labels else None
     except SourceError as e:
         raise InputError(str(e)) from None
+    rank, world, _ = launched()
+    if world > 1:
+        if part is not None:
+            raise InputError("--part is for separate jobs; under torchrun each process takes its part")
+        part = (rank + 1, world)
+        device = str(join_processes(device, where="--device"))
     predictor = Predictor(checkpoint, device, batch_size)
     files = expand_inputs(inputs, skip_labels=labels is not None)
     if not files:
@@ -289,8 +313,10 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
     if predictor.context and any(p.suffix == ".npy" for p in files):
         log(f"predict: note: {checkpoint} was trained with {predictor.context} neighbouring slice(s) each side; "
             "a lone .npy slice stands in for its own neighbours (segment whole volumes for the full benefit)")
+    k, n = part or (1, 1)
+    mine = list(enumerate(files))[k - 1::n]
     rows, failed = [], 0
-    for path in tqdm(files, desc="predict", unit="file"):
+    for index, path in tqdm(mine, desc="predict" if n == 1 else f"predict {k}/{n}", unit="file"):
         stem, ext = output_stem(path), volume_stem(path)[1]
         try:
             if is_volume(path):
@@ -332,10 +358,59 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
             failed += 1
             log(f"predict: error: {path}: {first_line(e)}")
             continue
-        rows.append({"file": str(path), "white_matter_voxels": wm, "gray_matter_voxels": gm,
+        subject, session = bids_entities(path)
+        rows.append({"input": index, "file": str(path), "subject": subject, "session": session,
+                     "white_matter_voxels": wm, "gray_matter_voxels": gm,
                      "gray_white_ratio": gm / wm if wm else float("nan"), **row})
-    with atomic_path(out_dir / "volumes.csv") as tmp:
-        columns = VOLUME_COLUMNS + (REFERENCE_COLUMNS if labels is not None else [])
-        pd.DataFrame(rows, columns=columns).to_csv(tmp, index=False)
-    log(f"segmented {len(rows)} of {len(files)} inputs -> {out_dir} (volumes.csv)")
+    columns = VOLUME_COLUMNS + (REFERENCE_COLUMNS if labels is not None else [])
+    table = pd.DataFrame(rows, columns=["input", *columns])
+    if n == 1:
+        with atomic_path(out_dir / "volumes.csv") as tmp:
+            table.drop(columns="input").to_csv(tmp, index=False)
+        log(f"segmented {len(rows)} of {len(files)} inputs -> {out_dir} (volumes.csv)")
+        return failed
+    with atomic_path(out_dir / part_name(k, n)) as tmp:
+        table.to_csv(tmp, index=False)
+    log(f"part {k}/{n}: segmented {len(rows)} of its {len(mine)} inputs -> {out_dir / part_name(k, n)}")
+    if world > 1:
+        barrier()
+        if rank == 0:
+            merge_parts(out_dir, n, len(files), log)
+        leave_processes()
     return failed
+
+
+def part_name(k, n):
+    return f"volumes.part-{k}-of-{n}.csv"
+
+
+def merge_parts(out_dir, n=None, total=None, log=print):
+    """volumes.part-K-of-N.csv (every K of one N; found in out_dir when n is None) -> volumes.csv, rows
+    in input order, text as the parts wrote it; the part files go once merged."""
+    import re
+
+    import pandas as pd
+
+    from .io import atomic_path
+
+    out_dir = Path(out_dir)
+    if n is None:
+        counts = {int(m.group(1)) for p in out_dir.glob("volumes.part-*-of-*.csv")
+                  if (m := re.fullmatch(r"volumes\.part-\d+-of-(\d+)\.csv", p.name))}
+        if len(counts) != 1:
+            raise InputError(f"{out_dir}: expected the part files of one run (volumes.part-K-of-N.csv), found "
+                             f"{'parts of ' + ', '.join(map(str, sorted(counts))) if counts else 'none'}")
+        n = counts.pop()
+    paths = [out_dir / part_name(k, n) for k in range(1, n + 1)]
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise InputError(f"{out_dir}: {', '.join(missing)} missing: run those parts first (--part K/{n})")
+    table = pd.concat([pd.read_csv(p, dtype=str, keep_default_na=False) for p in paths])
+    table = table.sort_values("input", key=lambda column: column.astype(int))
+    with atomic_path(out_dir / "volumes.csv") as tmp:
+        table.drop(columns="input").to_csv(tmp, index=False)
+    for p in paths:
+        p.unlink()
+    of = f" of {total}" if total is not None else ""
+    log(f"segmented {len(table)}{of} inputs in {n} parts -> {out_dir} (volumes.csv)")
+    return len(table)

@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import CLASS_NAMES
+from .devices import (autocast, describe_device, gather_over_ranks, join_processes, leave_processes,
+                      rank_and_world, sum_over_ranks, use_all_cores)
 from .io import atomic_path, save_torch
 from .metrics import NUM_CLASSES, confusion_matrix, scores, tutorial_iou
 from .models import FlipAveraged, build_model
@@ -25,35 +26,12 @@ TUTORIAL_RECIPE = {"lr": 3e-4, "batch_size": 16, "loss": "bce", "augment": False
                    "stem_init": "random", "context": 0, "flip_tta": False, "width": 16}
 
 
+class SettingsError(ValueError):
+    """train settings that cannot work with this data or this number of processes."""
+
+
 def resolve_recipe(cfg):
     return {**cfg, **TUTORIAL_RECIPE} if cfg.get("recipe") == "tutorial" else dict(cfg)
-
-
-def pick_device(name="auto", where="params.yaml: train.device"):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"{where}=cuda, but no CUDA GPU is visible (use auto or cpu)")
-    return torch.device(name)
-
-
-def describe_device(device):
-    """What trained a model, for the records: the GPU's or the CPU's name, and the torch version."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        cpuinfo = Path("/proc/cpuinfo")
-        lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
-                    platform.processor() or "CPU")
-        name = f"{name}, {torch.get_num_threads()} threads"
-    return {"device": name, "torch": str(torch.__version__)}  # a TorchVersion would not load with weights_only
-
-
-def use_all_cores():
-    """The cores this process may use, unless the user chose OMP_NUM_THREADS (os.sched_getaffinity is Linux's)."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
 
 
 def loader_workers(setting, device):
@@ -110,13 +88,14 @@ class Feed:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __call__(self, order=None):
-        """Yield (images, masks) batches on the device; order: a permutation of the split (default: as is)."""
+        """Yield (images, masks) batches on the device of the items in `order` (default: all, as they are):
+        a permutation of the split, or a process's share of it."""
         order = torch.arange(self.n) if order is None else order
         bs = self.batches.batch_size
         if self.cached is not None:
             x, y = self.cached
             order = order.to(self.device)
-            for i in range(0, self.n, bs):
+            for i in range(0, len(order), bs):
                 yield x[order[i:i + bs]], y[order[i:i + bs]]
             return
         self.batches.order = order.tolist()
@@ -125,11 +104,6 @@ class Feed:
 
     def __len__(self):
         return math.ceil(self.n / self.batches.batch_size)
-
-
-def autocast(device, enabled):
-    # bf16 needs no loss scaling; on recent CPUs (AVX-512 BF16/AMX) it is ~3x faster than fp32 too.
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def compute_loss(name, logits, target):
@@ -155,6 +129,11 @@ def class_logits(logits, activation):
     return logp - torch.log1p(-logp.exp().clamp(max=1 - 1e-6))
 
 
+def to_device(t, device):
+    """A small CPU tensor to the device without making the host wait for the GPU: pinned, non-blocking."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
 def augment(x, y, gen, bias_field=0.0, flip=True):
     """Random left-right flip (only with flip: slices whose columns run left-right), rotation (+-10 deg),
     scale (+-10 %), gamma and gain jitter, per image; with bias_field > 0 also a smooth multiplicative
@@ -167,15 +146,16 @@ def augment(x, y, gen, bias_field=0.0, flip=True):
     angle, scale = u[1] * math.radians(10), 1 + 0.1 * u[2]
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos * flip, -sin, torch.zeros(n)], 1),
-                         torch.stack([sin * flip, cos, torch.zeros(n)], 1)], 1).to(x.device, x.dtype)
+                         torch.stack([sin * flip, cos, torch.zeros(n)], 1)], 1)
+    draws = torch.cat([theta.flatten(), torch.exp(0.2 * u[3]), 1 + 0.1 * u[4]])
+    theta, gamma, gain = to_device(draws, x.device).split([6 * n, n, n])  # one copy per batch
+    theta = theta.view(n, 2, 3).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     # Shift labels so that padding (0) lands on background (2) after sampling.
     y = F.grid_sample(y[:, None].float() - 2, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     y = (y[:, 0] + 2).to(torch.uint8)
-    gamma = torch.exp(0.2 * u[3]).to(x.device).view(n, 1, 1, 1)
-    gain = (1 + 0.1 * u[4]).to(x.device).view(n, 1, 1, 1)
-    x = x.clamp(min=0).pow(gamma) * gain
+    x = x.clamp(min=0).pow(gamma.view(n, 1, 1, 1)) * gain.view(n, 1, 1, 1)
     if bias_field > 0:
         x = x * smooth_field(n, x.shape[-2:], bias_field, gen, x.device).to(x.dtype)
     return x, y
@@ -190,25 +170,27 @@ def smooth_field(n, size, strength, gen, device, order=3):
     powers = [(i, j) for i in range(order + 1) for j in range(order + 1 - i) if i + j]
     basis = torch.stack([rows[:, None] ** i * cols[None, :] ** j for i, j in powers])  # (terms, H, W)
     # Drawn on the CPU generator like the other draws; the field itself is built where the batch is.
-    coef = ((torch.rand(n, len(powers), generator=gen) * 2 - 1) * strength).to(device)
+    coef = to_device((torch.rand(n, len(powers), generator=gen) * 2 - 1) * strength, device)
     return torch.einsum("nt,thw->nhw", coef, basis).clamp(-1, 1).exp()[:, None]
 
 
 @torch.no_grad()
 def evaluate(model, feed, device, amp=True, loss="bce", activation="sigmoid"):
-    """Loss, tutorial IoU (mean over batches) and confusion matrix of a model on a split's Feed."""
+    """Loss, tutorial IoU (mean over batches) and confusion matrix of a model on a split's Feed. Under
+    several processes each scores every world-th item and the sums are added up over the processes."""
     model.eval()
-    total_loss = torch.zeros((), device=device)
-    total_iou = torch.zeros((), device=device)
+    rank, world = rank_and_world()
+    sums = torch.zeros(4, device=device)  # loss * items, IoU summed over batches, batches, items
     cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long, device=device)
-    for xb, yb in feed():
+    for xb, yb in feed(torch.arange(rank, feed.n, world)):
         with autocast(device, amp):
             logits = model(xb).float()
-        total_loss += compute_loss(loss, logits, yb) * len(xb)
-        total_iou += tutorial_iou(class_logits(logits, activation), yb)
+        sums += torch.stack([compute_loss(loss, logits, yb) * len(xb), tutorial_iou(class_logits(logits, activation), yb),
+                             torch.tensor(1.0, device=device), torch.tensor(float(len(xb)), device=device)])
         cm += confusion_matrix(logits, yb)
-    return {"loss": float(total_loss) / max(feed.n, 1), "iou": float(total_iou) / max(len(feed), 1),
-            "confusion": cm.cpu()}
+    sum_over_ranks(sums, cm)
+    loss_sum, iou_sum, batches, items = sums.tolist()
+    return {"loss": loss_sum / max(items, 1), "iou": iou_sum / max(batches, 1), "confusion": cm.cpu()}
 
 
 def log_epoch(live, row):
@@ -237,6 +219,16 @@ def read_timing(path):
                 for row in csv.DictReader(f, delimiter="\t")]
 
 
+def share_of_batches(order, batch_size, rank, world):
+    """This process's items of each global batch of `order`: the rank-th of `world` equal parts. With
+    several processes the last global batch is filled up from the start of the order (as DistributedSampler
+    pads), so that every process takes the same number of steps; one process gets `order` as it is."""
+    if world == 1:
+        return order
+    order = torch.cat([order, order[torch.arange((-len(order)) % batch_size) % len(order)]])
+    return order.view(-1, world, batch_size // world)[:, rank].reshape(-1)
+
+
 def data_fingerprint(config, data_id):
     return hashlib.sha256(json.dumps({"config": config, "data": data_id}, sort_keys=True).encode()).hexdigest()
 
@@ -254,10 +246,21 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     artifact: DVCLive's log_artifact arguments (name, desc, labels) for the checkpoint, when live_dir is set.
     Wall-clock times go to timing_path (TSV: epoch, seconds, images_per_s) and nowhere else, so that a
     retrain with the same seed writes the same checkpoint and curves, byte for byte.
+
+    Under torchrun (several processes: DistributedDataParallel, NCCL on CUDA, gloo on the CPU),
+    train.batch_size is the global batch: each process takes its share of every global batch (the items
+    DistributedSampler would give it, cut from the one permutation all processes draw) and draws its
+    own augmentation; scores are sums over the processes; rank 0 alone writes the checkpoint, the resume
+    file, DVCLive and timing, and every process resumes from that file.
     """
     cfg = resolve_recipe(cfg)
     use_all_cores()
-    device = pick_device(cfg["device"])
+    device = join_processes(cfg["device"])
+    rank, world = rank_and_world()
+    if cfg["batch_size"] % world:
+        raise SettingsError(f"train.batch_size={cfg['batch_size']} (the global batch) does not divide among "
+                         f"{world} processes (train.processes)")
+    lead = rank == 0  # writes every output
     torch.manual_seed(cfg["seed"])
     torch.backends.cudnn.benchmark = cfg.get("cudnn_benchmark", True)
     amp, channels_last = cfg.get("amp", True), cfg.get("channels_last", True)
@@ -267,7 +270,7 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     context = cfg.get("context", 0)
     channels = train_set[0][0].shape[0]
     if channels != 2 * context + 1:
-        raise ValueError(f"train.context={context} needs {2 * context + 1} input channels, the data has {channels}")
+        raise SettingsError(f"train.context={context} needs {2 * context + 1} input channels, the data has {channels}")
     # Splits are held on the device while they fit the budget (train first), else streamed from disk.
     workers, budget = loader_workers(cfg.get("workers", "auto"), device), cfg.get("device_cache_gb", 0) * 2**30
     if workers:
@@ -278,21 +281,26 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     feeds = {}
     for split, dataset in {"train": train_set, **eval_sets}.items():
         if len(dataset):
-            bs = cfg["batch_size"] if split == "train" else eval_batch_size
+            bs = cfg["batch_size"] // world if split == "train" else eval_batch_size
             feeds[split] = Feed(dataset, bs, device, workers, budget, channels_last)
             budget -= feeds[split].nbytes if feeds[split].cached is not None else 0
     model = build_model(model_name, pretrained=cfg["pretrained"], stem_init=cfg.get("stem_init", "random"),
                         in_channels=channels, width=cfg.get("width", 16))
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    step_model = torch.compile(model) if cfg.get("compile") else model
+    compiled = torch.compile(model) if cfg.get("compile") else model
+    # DDP averages the gradients over the processes; scoring needs no synchronised forward: the bare model.
+    step_model = compiled if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
     # Epochs are scored (and the best one chosen) as the checkpoint will predict: with flip_tta if set.
     flip_tta = bool(cfg.get("flip_tta")) and mirror
-    score_model = FlipAveraged(step_model, activation) if flip_tta else step_model
+    score_model = FlipAveraged(compiled, activation) if flip_tta else compiled
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     epochs = cfg["epochs"]
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if cfg.get("schedule") == "cosine"
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0))
-    gen = torch.Generator().manual_seed(cfg["seed"])
+    gen = torch.Generator().manual_seed(cfg["seed"])  # the order of the training items, the same everywhere
+    # One process draws its augmentation from the same generator (as it always has); several, each their own.
+    augment_gen = gen if world == 1 else torch.Generator().manual_seed(cfg["seed"] * 1000 + 1 + rank)
 
     fingerprint = data_fingerprint({"model": model_name, "train": cfg}, data_id)
     history, timing, start, best = [], [], 0, {"score": -1.0, "epoch": None, "state_dict": None}
@@ -305,12 +313,15 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             gen.set_state(state["generator"])
+            if world > 1:
+                augment_gen.set_state(state["augment_generators"][rank])
             torch.set_rng_state(state["torch_rng"])
             history, start, best = state["history"], state["epoch"], state["best"]
             timing = state.get("timing", [])
-            print(f"resuming from {resume_path} after epoch {start}/{epochs}")
+            if lead:
+                print(f"resuming from {resume_path} after epoch {start}/{epochs}")
     live = None
-    if live_dir is not None:
+    if live_dir is not None and lead:
         from dvclive import Live
 
         # Always a fresh log: a resumed run replays its history first, so the curves hold each epoch
@@ -323,14 +334,14 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     for epoch in range(start, epochs):
         step_model.train()
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gen)
+        mine = share_of_batches(torch.randperm(n, generator=gen), cfg["batch_size"], rank, world)
         total_loss = torch.zeros((), device=device)
         total_iou = torch.zeros((), device=device)
         cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long, device=device)
-        for xb, yb in tqdm(feed(perm), total=len(feed), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
-                           leave=False):
+        for xb, yb in tqdm(feed(mine), total=math.ceil(len(mine) / feed.batches.batch_size), unit="batch",
+                           desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not lead):
             if cfg.get("augment"):
-                xb, yb = augment(xb, yb, gen, cfg.get("bias_field", 0.0), flip=mirror)
+                xb, yb = augment(xb, yb, augment_gen, cfg.get("bias_field", 0.0), flip=mirror)
             with autocast(device, amp):
                 logits = step_model(xb).float()
             loss = compute_loss(loss_name, logits, yb)
@@ -344,19 +355,25 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
                 cm += confusion_matrix(logits.detach(), yb)
         sched.step()
 
-        row = {"epoch": epoch + 1, "train_loss": float(total_loss) / n, "train_iou": float(total_iou) / len(feed),
-               **{f"train_{k}": v for k, v in scores(cm.cpu()).items()}}
-        seconds = time.perf_counter() - t0  # float(total_loss) above waited for the device
-        timing.append({"epoch": epoch + 1, "seconds": seconds, "images_per_s": n / seconds})
+        batches = torch.tensor(math.ceil(len(mine) / feed.batches.batch_size), device=device)
+        seen = torch.tensor(len(mine), device=device)
+        sum_over_ranks(total_loss, total_iou, cm, batches, seen)
+        row = {"epoch": epoch + 1, "train_loss": float(total_loss) / int(seen),
+               "train_iou": float(total_iou) / int(batches), **{f"train_{k}": v for k, v in scores(cm.cpu()).items()}}
+        seconds = time.perf_counter() - t0  # the sums above waited for the device
+        timing.append({"epoch": epoch + 1, "seconds": seconds, "images_per_s": int(seen) / seconds})
         for split in eval_sets:
             if split in feeds:
                 r = evaluate(score_model, feeds[split], device, amp, loss_name, activation)
                 row.update({f"{split}_loss": r["loss"], f"{split}_iou": r["iou"],
                             **{f"{split}_{k}": v for k, v in scores(r["confusion"]).items()}})
         history.append(row)
+        augment_states = gather_over_ranks(augment_gen.get_state()) if world > 1 else None
+        if not lead:
+            continue
         print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={row[k]:.4f}" for k in row
                                                       if k.endswith(("_loss", "_iou", "_dice_gray_matter")))
-              + f" ({seconds:.1f} s, {n / seconds:.1f} images/s)")
+              + f" ({seconds:.1f} s, {int(seen) / seconds:.1f} images/s)")
         if "val" in feeds and row["val_iou"] > best["score"]:
             best = {"score": row["val_iou"], "epoch": epoch + 1,
                     "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
@@ -365,10 +382,14 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
         save_torch({"fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                    **({"augment_generators": augment_states} if world > 1 else {}),
                     "history": history, "timing": timing, "best": best}, resume_path)
         if timing_path is not None:
             write_timing(timing, timing_path)
 
+    if not lead:
+        leave_processes()
+        return None
     state_dict = best["state_dict"] if best["state_dict"] is not None else model.state_dict()
     ckpt = {"format": 1, "model": model_name, "state_dict": {k: v.cpu() for k, v in state_dict.items()},
             "classes": list(CLASS_NAMES), "activation": activation, "loss": loss_name, "context": context,
@@ -382,4 +403,5 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
             # A pipeline output already: DVC caches it as the stage's out, DVCLive only annotates it.
             live.log_artifact(str(out_path), type="model", cache=False, **artifact)
         live.end()
+    leave_processes()
     return ckpt

@@ -10,9 +10,11 @@ cohort larger than the cache trains. Each measurement runs in its own process so
     python benchmarks/train_throughput.py --data sample   # CPU, the embedded sample's slices (192 x 160)
     python benchmarks/train_throughput.py                 # CPU, 208 px synthetic slices, both networks
     python benchmarks/train_throughput.py --device cuda   # GPU, 394 px (the tutorial's size), 325 slices
+    python benchmarks/train_throughput.py --models unet --processes 2   # + 2 torchrun processes, 1 thread each
 """
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -95,6 +97,8 @@ def mriseg_loop(model_name, folder, device, epochs, batch_size, cache_gb=8, work
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = train(cfg, model_name, SliceDataset(manifest, "train"), {}, Path(tmp) / "m.pt", Path(tmp) / "r.pt",
                      timing_path=Path(tmp) / "timing.tsv")
+        if ckpt is None:  # not rank 0 of several processes: rank 0 reports for all
+            return None, None
         speeds = [row["images_per_s"] for row in read_timing(Path(tmp) / "timing.tsv")]
     return float(np.median(speeds[1:] or speeds)), ckpt["history"][-1]["train_loss"]
 
@@ -122,6 +126,8 @@ def worker(args):
     else:
         speed, loss = mriseg_loop(args.model, folder, device, args.epochs, args.batch_size, compile=args.compile,
                                   cache_gb=0 if args.streamed else 8)
+    if speed is None:
+        return
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -138,6 +144,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--models", default="unet,resnet")
     p.add_argument("--compile", action="store_true", help="also time mriseg with train.compile=true")
+    p.add_argument("--processes", type=int, help="also time mriseg as N processes under torchrun (DDP; gloo on "
+                   "the CPU, each with its share of the cores; one GPU each, or all sharing one), same global batch")
     p.add_argument("--data", choices=["synthetic", "sample"], default="synthetic",
                    help="synthetic square slices (--size, --slices), or the embedded MNI152 sample's")
     p.add_argument("--streamed", action="store_true", help=argparse.SUPPRESS)
@@ -150,6 +158,7 @@ def main():
 
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads"
     loops = ["tutorial", "mriseg-cached", "mriseg-streamed"] + (["mriseg-compile"] if args.compile else [])
+    loops += [f"mriseg-{args.processes}-processes"] if args.processes else []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "MRIs"
@@ -180,7 +189,11 @@ def main():
                 cmd = [sys.executable, __file__, "--worker", loop.split("-")[0], model, "--folder", str(folder),
                        "--device", args.device, "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
                 cmd += {"mriseg-compile": ["--compile"], "mriseg-streamed": ["--streamed"]}.get(loop, [])
-                out = subprocess.run(cmd, capture_output=True, text=True)
+                env = None
+                if loop.endswith("-processes"):  # torchrun; the machine's threads shared out among the processes
+                    cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.processes)]
+                    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // args.processes))}
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if out.returncode != 0:
                     sys.exit(f"{loop} {model} failed:\n{out.stderr[-2000:]}")
                 r = json.loads(out.stdout.strip().splitlines()[-1])

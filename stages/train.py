@@ -13,7 +13,7 @@ import sys
 import torch
 
 from mriseg.data import SliceDataset, archive_metadata, archive_views, data_id, read_manifest, usable_context
-from mriseg.devices import DistributedError, launched
+from mriseg.devices import DistributedError, launched, usable_cores
 from mriseg.models import PretrainedWeightsUnavailable
 from mriseg.params import load_params
 from mriseg.training import SettingsError, resolve_recipe, train
@@ -31,8 +31,7 @@ def launch(processes, device, view):
                 "GPU(s) are visible: one process per GPU")
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the failing rank says why
     # The machine's cores shared out (torchrun would give each process one thread, with a banner saying so).
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // processes)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // processes)))
     try:
         run(parse_args(["--standalone", "--nproc-per-node", str(processes), __file__, view]))
     except ChildFailedError as e:

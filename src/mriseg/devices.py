@@ -33,11 +33,16 @@ def autocast(device, enabled):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def usable_cores():
+    """The cores this process may run on (os.sched_getaffinity exists on Linux only)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def use_all_cores():
-    """The cores this process may use, unless OMP_NUM_THREADS says otherwise (set by the user, or by
-    torchrun for several processes). os.sched_getaffinity exists on Linux only."""
+    """Threads for every usable core, unless OMP_NUM_THREADS says otherwise (set by the user, or by the
+    train stage for several processes)."""
     if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        torch.set_num_threads(usable_cores())
 
 
 def describe_device(device):

@@ -111,3 +111,13 @@ def test_each_process_takes_its_share_of_every_global_batch():
     for k in range(3):  # the k-th step of both processes together is the k-th global batch
         assert sorted(torch.cat([s[2 * k:2 * k + 2] for s in shares]).tolist()) == sorted(padded[4 * k:4 * k + 4].tolist())
     assert torch.equal(share_of_batches(order, 4, 0, 1), order), "one process: the order as it is"
+
+
+def test_changing_processes_reruns_only_training_and_what_follows(project):
+    set_params(project, {"train.processes": 1, "train.batch_size": 4, "train.seed": 0})
+    run(["dvc", "repro"], project)
+    assert "Running stage" not in run(["dvc", "repro"], project).stdout, "nothing changed, nothing runs"
+    run("git add -A && git commit -qm 'one process'", project)
+    out = run(["dvc", "exp", "run", "-S", "train.processes=2", "-S", "train.device=cpu"], project).stdout
+    assert {s for s in ("fetch", "unzip", "split", "train@axial", "bundle", "evaluate")
+            if f"Running stage '{s}'" in out} == {"train@axial", "bundle", "evaluate"}

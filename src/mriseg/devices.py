@@ -72,7 +72,8 @@ def die_with_launcher():
         return
     parent = os.getppid()
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+            return
     except (OSError, AttributeError):
         return
     if os.getppid() != parent:  # the launcher died before the request took effect
@@ -119,6 +120,13 @@ def sum_over_ranks(*tensors):
         for t in tensors:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return tensors
+
+
+def broadcast_from_rank0(tensors):
+    """Every process's tensors set to rank 0's, in place (no-op in a single process)."""
+    if dist.is_initialized():
+        for t in tensors:
+            dist.broadcast(t, src=0)
 
 
 def gather_over_ranks(obj):

@@ -59,7 +59,8 @@ def bids_t1w(root):
 
 def bids_entities(path):
     """(subject, session) from a BIDS file name (sub-<label>[_ses-<label>]_...); '' where absent."""
-    found = dict(part.split("-", 1) for part in Path(path).name.split("_") if part.startswith(("sub-", "ses-")))
+    name = Path(path).name.split(".")[0]  # BIDS labels are alphanumeric: the first dot starts the extension
+    found = dict(part.split("-", 1) for part in name.split("_") if part.startswith(("sub-", "ses-")))
     return found.get("sub", ""), found.get("ses", "")
 
 
@@ -297,7 +298,8 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
         if part is not None:
             raise InputError("--part is for separate jobs; under torchrun each process takes its part")
         part = (rank + 1, world)
-        device = str(join_processes(device, where="--device"))
+        # Processes wait for the slowest at the end (rank 0 merges): allow a long cohort a day.
+        device = str(join_processes(device, where="--device", timeout_s=24 * 3600))
     predictor = Predictor(checkpoint, device, batch_size)
     files = expand_inputs(inputs, skip_labels=labels is not None)
     if not files:

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import CLASS_NAMES
-from .devices import (autocast, describe_device, gather_over_ranks, join_processes, leave_processes,
-                      rank_and_world, sum_over_ranks, use_all_cores)
+from .devices import (autocast, broadcast_from_rank0, describe_device, gather_over_ranks, join_processes,
+                      leave_processes, rank_and_world, sum_over_ranks, use_all_cores)
 from .io import atomic_path, save_torch
 from .metrics import NUM_CLASSES, confusion_matrix, scores, tutorial_iou
 from .models import FlipAveraged, build_model
@@ -180,14 +180,19 @@ def evaluate(model, feed, device, amp=True, loss="bce", activation="sigmoid"):
     several processes each scores every world-th item and the sums are added up over the processes."""
     model.eval()
     rank, world = rank_and_world()
-    sums = torch.zeros(4, device=device)  # loss * items, IoU summed over batches, batches, items
+    total_loss = torch.zeros((), device=device)
+    total_iou = torch.zeros((), device=device)
     cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long, device=device)
+    batches = items = 0
     for xb, yb in feed(torch.arange(rank, feed.n, world)):
         with autocast(device, amp):
             logits = model(xb).float()
-        sums += torch.stack([compute_loss(loss, logits, yb) * len(xb), tutorial_iou(class_logits(logits, activation), yb),
-                             torch.tensor(1.0, device=device), torch.tensor(float(len(xb)), device=device)])
+        total_loss += compute_loss(loss, logits, yb) * len(xb)
+        total_iou += tutorial_iou(class_logits(logits, activation), yb)
         cm += confusion_matrix(logits, yb)
+        batches, items = batches + 1, items + len(xb)
+    # One copy to the device for the counts (no host synchronisation per batch), then sums over processes.
+    sums = torch.stack([total_loss, total_iou, *torch.tensor([batches, items], dtype=torch.float32).to(device)])
     sum_over_ranks(sums, cm)
     loss_sum, iou_sum, batches, items = sums.tolist()
     return {"loss": loss_sum / max(items, 1), "iou": iou_sum / max(batches, 1), "confusion": cm.cpu()}
@@ -289,8 +294,10 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     compiled = torch.compile(model) if cfg.get("compile") else model
     # DDP averages the gradients over the processes; scoring needs no synchronised forward: the bare model.
-    step_model = compiled if world == 1 else torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None)
+    step_model = compiled
+    if world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        step_model = torch.compile(ddp) if cfg.get("compile") else ddp
     # Epochs are scored (and the best one chosen) as the checkpoint will predict: with flip_tta if set.
     flip_tta = bool(cfg.get("flip_tta")) and mirror
     score_model = FlipAveraged(compiled, activation) if flip_tta else compiled
@@ -302,7 +309,9 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     # One process draws its augmentation from the same generator (as it always has); several, each their own.
     augment_gen = gen if world == 1 else torch.Generator().manual_seed(cfg["seed"] * 1000 + 1 + rank)
 
-    fingerprint = data_fingerprint({"model": model_name, "train": cfg}, data_id)
+    # A resume file holds one augmentation generator per process: it fits only the same number of processes.
+    fingerprint = data_fingerprint({"model": model_name, "train": cfg, **({"processes": world} if world > 1 else {})},
+                                   data_id)
     history, timing, start, best = [], [], 0, {"score": -1.0, "epoch": None, "state_dict": None}
     resume_path = Path(resume_path)
     if resume_path.exists():
@@ -362,6 +371,8 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
                "train_iou": float(total_iou) / int(batches), **{f"train_{k}": v for k, v in scores(cm.cpu()).items()}}
         seconds = time.perf_counter() - t0  # the sums above waited for the device
         timing.append({"epoch": epoch + 1, "seconds": seconds, "images_per_s": int(seen) / seconds})
+        # BatchNorm's running statistics moved with each process's last batch: score rank 0's, the ones it saves.
+        broadcast_from_rank0(list(model.buffers()))
         for split in eval_sets:
             if split in feeds:
                 r = evaluate(score_model, feeds[split], device, amp, loss_name, activation)

@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from conftest import make_project, nifti_gz_bytes, set_params  # noqa: E402  (the tests' project copy)
+from mriseg.devices import cpu_name, usable_cores  # noqa: E402
 from mriseg.training import read_timing  # noqa: E402
 
 SHAPE = (128, 128, 128)
@@ -198,9 +199,8 @@ def git_describe():
 
 
 def machine():
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown CPU")
-    cores = len(os.sched_getaffinity(0))
+    model = cpu_name()
+    cores = usable_cores()
     ram = next((int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
                 if line.startswith("MemTotal:")), 0)
     return f"{model}, {cores} cores, {ram / 2**30:.0f} GiB RAM, Linux {platform.release()}"
@@ -277,7 +277,7 @@ def run_size(n, args, overrides, workdir, env, baseline):
 def env_threads(args):
     if args.threads:
         return f"{args.threads} (OMP_NUM_THREADS={args.threads})"
-    return os.environ.get("OMP_NUM_THREADS", f"every core ({len(os.sched_getaffinity(0))})")
+    return os.environ.get("OMP_NUM_THREADS", f"every core ({usable_cores()})")
 
 
 def report(rows, args, overrides, elapsed):

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from mriseg.metrics import tutorial_iou
 from mriseg.models import build_model
+from mriseg.devices import cpu_name  # noqa: F401  (predict_time.py imports it from here)
 from mriseg.training import read_timing, train
 
 
@@ -101,13 +102,6 @@ def mriseg_loop(model_name, folder, device, epochs, batch_size, cache_gb=8, work
             return None, None
         speeds = [row["images_per_s"] for row in read_timing(Path(tmp) / "timing.tsv")]
     return float(np.median(speeds[1:] or speeds)), ckpt["history"][-1]["train_loss"]
-
-
-def cpu_name():
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "CPU"
 
 
 def commit():

@@ -45,16 +45,20 @@ def use_all_cores():
         torch.set_num_threads(usable_cores())
 
 
+def cpu_name():
+    """The CPU's model name (Linux's /proc/cpuinfo; elsewhere what platform knows)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                platform.processor() or "CPU")
+
+
 def describe_device(device):
     """What trained a model, for the records: the GPU's or the CPU's name, and the torch version."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        cpuinfo = Path("/proc/cpuinfo")
-        lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
-                    platform.processor() or "CPU")
-        name = f"{name}, {torch.get_num_threads()} threads"
+        name = f"{cpu_name()}, {torch.get_num_threads()} threads"
     return {"device": name, "torch": str(torch.__version__)}  # a TorchVersion would not load with weights_only
 
 

@@ -43,8 +43,8 @@ class InputError(ValueError):
     """A bad input file; one line naming it."""
 
 
-VOLUME_COLUMNS = ["file", "subject", "session", "white_matter_voxels", "gray_matter_voxels", "white_matter_ml", "gray_matter_ml",
-                  "gray_white_ratio", "white_matter_mm2", "gray_matter_mm2"]
+VOLUME_COLUMNS = ["file", "subject", "session", "white_matter_voxels", "gray_matter_voxels", "white_matter_ml",
+                  "gray_matter_ml", "gray_white_ratio", "white_matter_mm2", "gray_matter_mm2"]
 # With --labels: the manual segmentation beside each volume, on the input's own grid.
 REFERENCE_COLUMNS = ["manual_white_matter_ml", "manual_gray_matter_ml", "dice_white_matter", "dice_gray_matter",
                      "volume_error_white_matter", "volume_error_gray_matter"]
@@ -74,8 +74,8 @@ def expand_inputs(inputs, skip_labels=False):
 
     files = []
     for item in map(Path, inputs):
-        if item.is_dir() and bids_t1w(item):
-            files += bids_t1w(item)
+        if item.is_dir() and (t1w := bids_t1w(item)):
+            files += t1w
         elif item.is_dir() and item.name == "mri" and (item / "norm.mgz").is_file():
             files.append(item / "norm.mgz")  # a FreeSurfer subject's mri/: its image, not aseg, wm, ...
         elif item.is_dir():

@@ -264,7 +264,7 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     rank, world = rank_and_world()
     if cfg["batch_size"] % world:
         raise SettingsError(f"train.batch_size={cfg['batch_size']} (the global batch) does not divide among "
-                         f"{world} processes (train.processes)")
+                            f"{world} processes (train.processes)")
     lead = rank == 0  # writes every output
     torch.manual_seed(cfg["seed"])
     torch.backends.cudnn.benchmark = cfg.get("cudnn_benchmark", True)

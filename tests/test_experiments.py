@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, cohort_zip, make_project, mriseg, run
-from mriseg.experiments import ExperimentsError, compare, finished_experiments, markdown
+from mriseg.experiments import ExperimentsError, compare, finished_experiments, markdown, split_views
 
 
 def exp(name, params, metrics, state="success"):
@@ -46,6 +46,30 @@ def test_compare_groups_by_differing_params_and_pairs_by_fold_and_seed():
     assert groups["train.recipe=tutorial"]["scores"]["dice_gray_matter"] == pytest.approx((0.91, 0.0))
     table = markdown(result)
     assert table.count("| m") == 6 and "+0.0033 ±" in table and "(4/6)" in table
+
+
+def test_compare_views_pairs_each_view_alone_with_the_aggregate_of_its_run(tmp_path):
+    runs = []
+    for fold in range(3):
+        run_ = cv_run(f"f{fold}", "mriseg", fold, 0, 0.93 + fold / 100, 0.94)
+        run_["revs"][0]["data"]["metrics"]["reports/metrics.json"]["data"]["views"] = {
+            "coronal": {"dice_white_matter": 0.92 + fold / 100, "dice_gray_matter": 0.95},
+            "axial": {"dice_white_matter": 0.90, "dice_gray_matter": 0.93}}
+        runs.append(run_)
+    rows = split_views(finished_experiments(show(*runs)))
+    assert len(rows) == 9, "each run once aggregated and once per view alone"
+    result = compare(rows, baseline="scored=coronal alone")
+    assert result["differ"] == ["scored"]
+    groups = {g["group"]: g for g in result["groups"]}
+    assert sorted(groups) == ["scored=aggregate", "scored=axial alone", "scored=coronal alone"]
+    aggregate = groups["scored=aggregate"]
+    assert aggregate["pairs"] == 3 and aggregate["wins"] == {"dice_white_matter": 3, "dice_gray_matter": 0}
+    assert aggregate["gain"]["dice_white_matter"] == pytest.approx((0.01, 0.0))
+    assert groups["scored=axial alone"]["scores"]["dice_gray_matter"] == pytest.approx((0.93, 0.0))
+    assert "| f2 | scored=axial alone | 2 | 0 | 0.9000 | 0.9300 |" in markdown(result)
+    (tmp_path / "show.json").write_text(json.dumps(show(*runs)))
+    out = mriseg("compare", "--json", tmp_path / "show.json", "--views", "--baseline", "scored=coronal alone")
+    assert out.returncode == 0 and "| scored=aggregate | 3 |" in out.stdout and "(3/3)" in out.stdout, out.stderr
 
 
 def test_compare_refuses_what_it_cannot_compare():

@@ -95,12 +95,15 @@ def evaluate_command(args):
 
 
 def compare_command(args):
-    from .experiments import ExperimentsError, compare, dvc_exp_show, finished_experiments, markdown, plot, report
+    from .experiments import (ExperimentsError, compare, dvc_exp_show, finished_experiments, markdown, plot, report,
+                              split_views)
     from .io import atomic_path
 
     try:
         show = json.loads(Path(args.json).read_text()) if args.json else dvc_exp_show(args.all_commits)
-        result = compare(finished_experiments(show), metrics=args.metrics.split(","), baseline=args.baseline)
+        rows = finished_experiments(show)
+        result = compare(split_views(rows) if args.views else rows, metrics=args.metrics.split(","),
+                         baseline=args.baseline)
     except (ExperimentsError, OSError, ValueError) as e:
         print(f"compare: error: {e}", file=sys.stderr)
         return 2
@@ -169,6 +172,9 @@ def main(argv=None):
     c.add_argument("--metrics", default="dice_white_matter,dice_gray_matter",
                    help="keys of reports/metrics.json, comma-separated")
     c.add_argument("--baseline", help="the group the others are paired against (as printed; default: the first)")
+    c.add_argument("--views", action="store_true", help="also score each view alone (views.<view> of "
+                   "reports/metrics.json) as its own group, paired with the aggregate of the same run: "
+                   "--views --baseline 'scored=coronal alone'")
     c.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")
     c.add_argument("--json", help="read this saved `dvc exp show --json` instead of running it here")
     c.add_argument("--out", metavar="PREFIX", help="also write PREFIX.md (tables, commits, params, device, torch) "

@@ -2,8 +2,9 @@
 params that differ -> a Markdown table (mean ± sd per group, paired gains, wins) and a PNG of the scores.
 
 Runs are paired across groups by PAIRING (the same fold and seed), so a gain is measured on the same test
-subjects with the same initialisation. Everything in the table comes from DVC's own records: the params
-each experiment ran with, its reports/metrics.json (which names the device and torch version), its commit.
+subjects with the same initialisation; split_views adds each view alone of a multi-view run. Everything in
+the table comes from DVC's own records: the params each experiment ran with, its reports/metrics.json
+(which names the device and torch version), its commit.
 """
 import json
 import subprocess
@@ -61,6 +62,19 @@ def finished_experiments(show):
                     rows.append({"name": rev.get("name") or exp.get("name") or rev["rev"][:7], "rev": rev["rev"],
                                  "commit": commit["rev"], "params": flatten(params), "metrics": metrics})
     return rows
+
+
+def split_views(rows):
+    """Each run as its aggregate and as each view alone (`views.<view>` of reports/metrics.json), told apart
+    by a `scored` setting: the groups then show what aggregation gains over one view, paired on the same
+    test subjects and training (a view alone is exactly a one-view run of the same fold and seed)."""
+    split = []
+    for r in rows:
+        split.append({**r, "params": {**r["params"], "scored": "aggregate"}})
+        for view, scores in sorted((r["metrics"].get("views") or {}).items()):
+            split.append({**r, "params": {**r["params"], "scored": f"{view} alone"},
+                          "metrics": {**scores, "trained_on": r["metrics"].get("trained_on")}})
+    return split
 
 
 def label(settings):

@@ -28,7 +28,6 @@ Needs Linux (/proc, kernel >= 5.14 for Pss_Anon) and ~3 GB of free disk per 100 
 """
 import argparse
 import csv
-import json
 import os
 import platform
 import shutil

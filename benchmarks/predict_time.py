@@ -72,7 +72,7 @@ def main():
                     times.append(time.perf_counter() - t0)
                 rows.append((f"{len(predictor.views)} ({names})", path.name, statistics.median(times), min(times)))
                 print(f"{rows[-1][0]} {path.name}: median {rows[-1][2]:.1f} s", file=sys.stderr, flush=True)
-    lines = [f"# Seconds per 1 mm whole-head volume, `mriseg predict` on the CPU",
+    lines = ["# Seconds per 1 mm whole-head volume, `mriseg predict` on the CPU",
              "", f"Machine: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads. "
              f"Commit {commit()}. Model: {args.model}. Median (min) of {args.repeats} runs after a warm-up.", "",
              "| views | input (197 x 233 x 189, 1 mm) | seconds per volume | fastest |", "|---|---|---|---|"]

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mriseg.metrics import tutorial_iou
 from mriseg.models import build_model

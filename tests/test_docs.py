@@ -1,7 +1,6 @@
 """The README and docs/ as a reader meets them: short, every relative link resolves, and the quick start's
 test command is the one CI runs."""
 import re
-from pathlib import Path
 
 import pytest
 

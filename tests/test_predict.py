@@ -1,6 +1,5 @@
 """`mriseg predict` on slices and NIfTI volumes: masks on the input's grid, volumes.csv, clear errors."""
 import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -9,7 +8,6 @@ import pytest
 import torch
 
 from conftest import NORM, SHARED_IBSR, mriseg, synthetic_pair
-from test_training import run_train
 
 def synthetic_volume(path, zooms=(1.0, 1.0, 2.0), frames=1, flip_x=True):
     """An ellipsoid 'brain' (white matter core, gray matter shell) at 1 mm in-plane, LAS when flip_x."""

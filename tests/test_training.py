@@ -12,7 +12,10 @@ import torch
 
 from mriseg.models import FlipAveraged, UNet, load_checkpoint
 from mriseg.params import load_params
-from mriseg.training import Feed, augment, compute_loss, evaluate, read_timing, train
+from mriseg.data import Feed
+from mriseg.evaluation import evaluate
+from mriseg.metrics import compute_loss
+from mriseg.training import augment, read_timing, train
 from conftest import synthetic_pair
 
 CFG = {"epochs": 4, "batch_size": 8, "lr": 3e-3, "pretrained": False, "stem_init": "random", "loss": "bce",
@@ -146,7 +149,7 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
     resumed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming from {resume} after epoch {done}/8" in resumed.stdout
-    assert f"epoch 1/8 " not in resumed.stdout
+    assert "epoch 1/8 " not in resumed.stdout
     straight = run_train(tmp_path, "straight", epochs=8)["history"]
     killed = torch.load(tmp_path / "killed.pt", weights_only=True)["history"]
     assert len(killed) == 8

@@ -1,6 +1,7 @@
 """Pairs on disk, the split manifest, and the slices of a split streamed from disk as a torch Dataset."""
 import hashlib
 import json
+import math
 import re
 from collections import OrderedDict
 from pathlib import Path
@@ -229,3 +230,67 @@ class SliceDataset(torch.utils.data.Dataset):
             y = self._array(self.masks[i])
         return (torch.from_numpy(pad_slices(np.asarray(x, np.float32), self.frame, 0)),
                 torch.from_numpy(pad_slices(np.asarray(y, np.uint8), self.frame, 2)))
+
+
+class Batches(torch.utils.data.Sampler):
+    """Index batches of one pass in `order` (set before each pass): a DataLoader's batch_sampler."""
+
+    def __init__(self, n, batch_size):
+        self.order, self.batch_size = list(range(n)), batch_size
+
+    def __iter__(self):
+        return (self.order[i:i + self.batch_size] for i in range(0, len(self.order), self.batch_size))
+
+    def __len__(self):
+        return math.ceil(len(self.order) / self.batch_size)
+
+
+class Feed:
+    """The batches of one split on the device, in the order asked for.
+
+    A split whose tensors fit `cache_bytes` is read once (in chunks, through the DataLoader) into device
+    tensors and batched there, as a whole split in memory used to be; a larger one streams each pass from
+    disk through a DataLoader (workers, pinned memory, prefetch). Both give the same batches.
+    """
+
+    def __init__(self, dataset, batch_size, device, workers=0, cache_bytes=0, channels_last=False):
+        self.n, self.device, self.channels_last = len(dataset), device, channels_last
+        self.batches = Batches(self.n, batch_size)
+        self.loader = torch.utils.data.DataLoader(
+            # Workers live for one pass: the train split's are gone before the test split's start scoring.
+            dataset, batch_sampler=self.batches, num_workers=workers, pin_memory=device.type == "cuda",
+            prefetch_factor=4 if workers else None,
+            generator=torch.Generator())  # workers' seeds: never a draw from the training's global RNG
+        x0, y0 = dataset[0] if self.n else (torch.zeros(1, 1, 1), torch.zeros(1, 1, dtype=torch.uint8))
+        self.nbytes = self.n * (x0.numel() * x0.element_size() + y0.numel() * y0.element_size())
+        self.cached = None
+        if 0 < self.nbytes <= cache_bytes:
+            x = torch.empty((self.n, *x0.shape), dtype=x0.dtype, device=device)
+            y = torch.empty((self.n, *y0.shape), dtype=y0.dtype, device=device)
+            i = 0
+            for xb, yb in self.loader:
+                x[i:i + len(xb)].copy_(xb, non_blocking=True)
+                y[i:i + len(yb)].copy_(yb, non_blocking=True)
+                i += len(xb)
+            self.cached = (self.to_layout(x), y)
+
+    def to_layout(self, x):
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def __call__(self, order=None):
+        """Yield (images, masks) batches on the device of the items in `order` (default: all, as they are):
+        a permutation of the split, or a process's share of it."""
+        order = torch.arange(self.n) if order is None else order
+        bs = self.batches.batch_size
+        if self.cached is not None:
+            x, y = self.cached
+            order = order.to(self.device)
+            for i in range(0, len(order), bs):
+                yield x[order[i:i + bs]], y[order[i:i + bs]]
+            return
+        self.batches.order = order.tolist()
+        for xb, yb in self.loader:
+            yield self.to_layout(xb.to(self.device, non_blocking=True)), yb.to(self.device, non_blocking=True)
+
+    def __len__(self):
+        return math.ceil(self.n / self.batches.batch_size)

@@ -14,12 +14,38 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .metrics import confusion_of, scores, subject_scores
-from .training import Feed, evaluate
+from .data import Feed
+from .devices import autocast, rank_and_world, sum_over_ranks
+from .metrics import (NUM_CLASSES, class_logits, compute_loss, confusion_matrix, confusion_of, scores,
+                      subject_scores, tutorial_iou)
 
 SUBJECT_COLUMNS = ["subject", "slices", "dice_white_matter", "dice_gray_matter", "iou_white_matter",
                    "iou_gray_matter", "volume_error_white_matter", "volume_error_gray_matter",
                    "white_matter_ml", "manual_white_matter_ml", "gray_matter_ml", "manual_gray_matter_ml"]
+
+
+@torch.no_grad()
+def evaluate(model, feed, device, amp=True, loss="bce", activation="sigmoid"):
+    """Loss, tutorial IoU (mean over batches) and confusion matrix of a model on a split's Feed. Under
+    several processes each scores every world-th item and the sums are added up over the processes."""
+    model.eval()
+    rank, world = rank_and_world()
+    total_loss = torch.zeros((), device=device)
+    total_iou = torch.zeros((), device=device)
+    cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long, device=device)
+    batches = items = 0
+    for xb, yb in feed(torch.arange(rank, feed.n, world)):
+        with autocast(device, amp):
+            logits = model(xb).float()
+        total_loss += compute_loss(loss, logits, yb) * len(xb)
+        total_iou += tutorial_iou(class_logits(logits, activation), yb)
+        cm += confusion_matrix(logits, yb)
+        batches, items = batches + 1, items + len(xb)
+    # One copy to the device for the counts (no host synchronisation per batch), then sums over processes.
+    sums = torch.stack([total_loss, total_iou, *torch.tensor([batches, items], dtype=torch.float32).to(device)])
+    sum_over_ranks(sums, cm)
+    loss_sum, iou_sum, batches, items = sums.tolist()
+    return {"loss": loss_sum / max(items, 1), "iou": iou_sum / max(batches, 1), "confusion": cm.cpu()}
 
 
 def score(model, ckpt, dataset, batch_size, device, with_confusion=False):

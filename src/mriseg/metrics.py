@@ -4,6 +4,7 @@ Everything stays on the device as tensors so a training step never waits for the
 """
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import CLASS_NAMES
 
@@ -69,3 +70,26 @@ def summarize(rows, keys=None):
         values = np.array([r[key] for r in rows], np.float64)
         out[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
     return out
+
+
+def compute_loss(name, logits, target):
+    """logits [N,3,H,W] float32, target [N,H,W] integer labels."""
+    if name == "bce":  # the tutorial: independent sigmoids on one-hot masks
+        onehot = F.one_hot(target.long(), NUM_CLASSES).permute(0, 3, 1, 2).to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits, onehot)
+    ce = F.cross_entropy(logits, target.long())
+    if name == "ce":
+        return ce
+    probs = logits.softmax(dim=1)
+    onehot = F.one_hot(target.long(), NUM_CLASSES).permute(0, 3, 1, 2).to(probs.dtype)
+    inter = (probs * onehot).sum(dim=(0, 2, 3))
+    dice = (2 * inter + 1) / (probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3)) + 1)
+    return ce + 1 - dice.mean()
+
+
+def class_logits(logits, activation):
+    """Per-class log-odds, so the tutorial's sigmoid > 0.5 rule means p(class) > 0.5 for softmax models too."""
+    if activation == "sigmoid":
+        return logits
+    logp = logits.log_softmax(dim=1)
+    return logp - torch.log1p(-logp.exp().clamp(max=1 - 1e-6))

@@ -280,7 +280,6 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
     its rows to volumes.part-k-of-n.csv, for merge_parts. Under torchrun the part is the process's
     (RANK + 1, WORLD_SIZE), and rank 0 merges the parts into volumes.csv once every process is done.
     """
-    import nibabel as nib
     import pandas as pd
     from tqdm import tqdm
 

@@ -9,7 +9,6 @@ the template, so that a 2-core CPU trains three views on it in minutes: `mni152`
 would be) with a gamma change of contrast. One template brain: it shows the pipeline working end to end;
 it is no clinical benchmark (the test subject is the training subject, warped).
 """
-import io
 import zipfile
 
 import numpy as np

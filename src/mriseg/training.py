@@ -14,10 +14,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import CLASS_NAMES
+from .data import Feed
 from .devices import (autocast, broadcast_from_rank0, describe_device, gather_over_ranks, join_processes,
                       leave_processes, rank_and_world, sum_over_ranks, use_all_cores)
+from .evaluation import evaluate
 from .io import atomic_path, save_torch
-from .metrics import NUM_CLASSES, confusion_matrix, scores, tutorial_iou
+from .metrics import NUM_CLASSES, class_logits, compute_loss, confusion_matrix, scores, tutorial_iou
 from .models import FlipAveraged, build_model
 
 
@@ -40,93 +42,6 @@ def loader_workers(setting, device):
     if setting != "auto":
         return int(setting)
     return 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
-
-
-class Batches(torch.utils.data.Sampler):
-    """Index batches of one pass in `order` (set before each pass): a DataLoader's batch_sampler."""
-
-    def __init__(self, n, batch_size):
-        self.order, self.batch_size = list(range(n)), batch_size
-
-    def __iter__(self):
-        return (self.order[i:i + self.batch_size] for i in range(0, len(self.order), self.batch_size))
-
-    def __len__(self):
-        return math.ceil(len(self.order) / self.batch_size)
-
-
-class Feed:
-    """The batches of one split on the device, in the order asked for.
-
-    A split whose tensors fit `cache_bytes` is read once (in chunks, through the DataLoader) into device
-    tensors and batched there, as a whole split in memory used to be; a larger one streams each pass from
-    disk through a DataLoader (workers, pinned memory, prefetch). Both give the same batches.
-    """
-
-    def __init__(self, dataset, batch_size, device, workers=0, cache_bytes=0, channels_last=False):
-        self.n, self.device, self.channels_last = len(dataset), device, channels_last
-        self.batches = Batches(self.n, batch_size)
-        self.loader = torch.utils.data.DataLoader(
-            # Workers live for one pass: the train split's are gone before the test split's start scoring.
-            dataset, batch_sampler=self.batches, num_workers=workers, pin_memory=device.type == "cuda",
-            prefetch_factor=4 if workers else None,
-            generator=torch.Generator())  # workers' seeds: never a draw from the training's global RNG
-        x0, y0 = dataset[0] if self.n else (torch.zeros(1, 1, 1), torch.zeros(1, 1, dtype=torch.uint8))
-        self.nbytes = self.n * (x0.numel() * x0.element_size() + y0.numel() * y0.element_size())
-        self.cached = None
-        if 0 < self.nbytes <= cache_bytes:
-            x = torch.empty((self.n, *x0.shape), dtype=x0.dtype, device=device)
-            y = torch.empty((self.n, *y0.shape), dtype=y0.dtype, device=device)
-            i = 0
-            for xb, yb in self.loader:
-                x[i:i + len(xb)].copy_(xb, non_blocking=True)
-                y[i:i + len(yb)].copy_(yb, non_blocking=True)
-                i += len(xb)
-            self.cached = (self.to_layout(x), y)
-
-    def to_layout(self, x):
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def __call__(self, order=None):
-        """Yield (images, masks) batches on the device of the items in `order` (default: all, as they are):
-        a permutation of the split, or a process's share of it."""
-        order = torch.arange(self.n) if order is None else order
-        bs = self.batches.batch_size
-        if self.cached is not None:
-            x, y = self.cached
-            order = order.to(self.device)
-            for i in range(0, len(order), bs):
-                yield x[order[i:i + bs]], y[order[i:i + bs]]
-            return
-        self.batches.order = order.tolist()
-        for xb, yb in self.loader:
-            yield self.to_layout(xb.to(self.device, non_blocking=True)), yb.to(self.device, non_blocking=True)
-
-    def __len__(self):
-        return math.ceil(self.n / self.batches.batch_size)
-
-
-def compute_loss(name, logits, target):
-    """logits [N,3,H,W] float32, target [N,H,W] integer labels."""
-    if name == "bce":  # the tutorial: independent sigmoids on one-hot masks
-        onehot = F.one_hot(target.long(), NUM_CLASSES).permute(0, 3, 1, 2).to(logits.dtype)
-        return F.binary_cross_entropy_with_logits(logits, onehot)
-    ce = F.cross_entropy(logits, target.long())
-    if name == "ce":
-        return ce
-    probs = logits.softmax(dim=1)
-    onehot = F.one_hot(target.long(), NUM_CLASSES).permute(0, 3, 1, 2).to(probs.dtype)
-    inter = (probs * onehot).sum(dim=(0, 2, 3))
-    dice = (2 * inter + 1) / (probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3)) + 1)
-    return ce + 1 - dice.mean()
-
-
-def class_logits(logits, activation):
-    """Per-class log-odds, so the tutorial's sigmoid > 0.5 rule means p(class) > 0.5 for softmax models too."""
-    if activation == "sigmoid":
-        return logits
-    logp = logits.log_softmax(dim=1)
-    return logp - torch.log1p(-logp.exp().clamp(max=1 - 1e-6))
 
 
 def to_device(t, device):
@@ -172,30 +87,6 @@ def smooth_field(n, size, strength, gen, device, order=3):
     # Drawn on the CPU generator like the other draws; the field itself is built where the batch is.
     coef = to_device((torch.rand(n, len(powers), generator=gen) * 2 - 1) * strength, device)
     return torch.einsum("nt,thw->nhw", coef, basis).clamp(-1, 1).exp()[:, None]
-
-
-@torch.no_grad()
-def evaluate(model, feed, device, amp=True, loss="bce", activation="sigmoid"):
-    """Loss, tutorial IoU (mean over batches) and confusion matrix of a model on a split's Feed. Under
-    several processes each scores every world-th item and the sums are added up over the processes."""
-    model.eval()
-    rank, world = rank_and_world()
-    total_loss = torch.zeros((), device=device)
-    total_iou = torch.zeros((), device=device)
-    cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long, device=device)
-    batches = items = 0
-    for xb, yb in feed(torch.arange(rank, feed.n, world)):
-        with autocast(device, amp):
-            logits = model(xb).float()
-        total_loss += compute_loss(loss, logits, yb) * len(xb)
-        total_iou += tutorial_iou(class_logits(logits, activation), yb)
-        cm += confusion_matrix(logits, yb)
-        batches, items = batches + 1, items + len(xb)
-    # One copy to the device for the counts (no host synchronisation per batch), then sums over processes.
-    sums = torch.stack([total_loss, total_iou, *torch.tensor([batches, items], dtype=torch.float32).to(device)])
-    sum_over_ranks(sums, cm)
-    loss_sum, iou_sum, batches, items = sums.tolist()
-    return {"loss": loss_sum / max(items, 1), "iou": iou_sum / max(batches, 1), "confusion": cm.cpu()}
 
 
 def log_epoch(live, row):

@@ -80,6 +80,9 @@ def test_compare_refuses_what_it_cannot_compare():
         compare(rows, baseline="x")
     with pytest.raises(ExperimentsError, match="no number for iou"):
         compare(rows, metrics=["iou"])
+    twice = finished_experiments(show(cv_run("a", "mriseg", 0, 0, 0.9, 0.9), cv_run("b", "mriseg", 0, 0, 0.8, 0.9)))
+    with pytest.raises(ExperimentsError, match="experiments a and b both ran all runs with split.fold=0, train.seed=0"):
+        compare(twice)
 
 
 def test_dvc_yaml_declares_the_model_artifact_and_its_plots(tmp_path):

@@ -113,6 +113,14 @@ def compare(rows, metrics=METRICS, baseline=None):
     if missing:
         raise ExperimentsError(f"{METRICS_FILE} of some experiments has no number for {', '.join(missing)}")
     groups, differ = group_runs(rows)
+    for name, runs in groups.items():
+        seen = {}
+        for r in runs:
+            other = seen.setdefault(pair_key(r), r)
+            if other is not r:
+                raise ExperimentsError(f"experiments {other['name']} and {r['name']} both ran {name} with "
+                                       f"{', '.join(f'{k}={v}' for k, v in zip(PAIRING, pair_key(r)))}: "
+                                       "remove one (dvc exp remove) so that each pair is counted once")
     names = sorted(groups)
     if baseline is not None and baseline not in groups:
         raise ExperimentsError(f"--baseline {baseline!r} is none of the groups: {'; '.join(names)}")

@@ -64,6 +64,12 @@ def test_parts_of_a_job_array_merge_in_input_order(checkpoint, tmp_path):
     assert codes == [1, 0]  # part 1 takes inputs 1, 3, 5 (bad.nii.gz is the third), part 2 inputs 2 and 4
     early = mriseg("predict", "--merge", "--out", tmp_path / "nothing-here")
     assert early.returncode == 2 and "volumes.part-K-of-N.csv" in early.stderr
+    other = tmp_path / "other"
+    codes = [mriseg("predict", "--model", checkpoint, "--out", other, "--part", "1/2", *inputs).returncode,
+             mriseg("predict", "--model", checkpoint, "--out", other, "--part", "2/2", *inputs[:2]).returncode]
+    mixed = mriseg("predict", "--merge", "--out", other)
+    assert codes == [1, 0] and mixed.returncode == 2 and "different lists of inputs (of 2 and 5" in mixed.stderr
+    assert (other / "volumes.part-2-of-2.csv").exists(), "a refused merge leaves the parts as they were"
     assert mriseg("predict", "--merge", "--out", out).returncode == 0
     good_rows_in_order(out, inputs)
 

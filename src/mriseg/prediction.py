@@ -370,7 +370,8 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
             table.drop(columns="input").to_csv(tmp, index=False)
         log(f"segmented {len(rows)} of {len(files)} inputs -> {out_dir} (volumes.csv)")
         return failed
-    with atomic_path(out_dir / part_name(k, n)) as tmp:
+    with atomic_path(out_dir / part_name(k, n)) as tmp:  # numbered in the whole input list, for merge_parts
+        table.insert(1, "inputs", len(files))
         table.to_csv(tmp, index=False)
     log(f"part {k}/{n}: segmented {len(rows)} of its {len(mine)} inputs -> {out_dir / part_name(k, n)}")
     if world > 1:
@@ -406,10 +407,18 @@ def merge_parts(out_dir, n=None, total=None, log=print):
     missing = [p.name for p in paths if not p.exists()]
     if missing:
         raise InputError(f"{out_dir}: {', '.join(missing)} missing: run those parts first (--part K/{n})")
-    table = pd.concat([pd.read_csv(p, dtype=str, keep_default_na=False) for p in paths])
-    table = table.sort_values("input", key=lambda column: column.astype(int))
+    parts = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in paths]
+    for k, (path, part) in enumerate(zip(paths, parts)):
+        if any(int(i) % n != k for i in part["input"]):
+            raise InputError(f"{path}: holds inputs of another share than part {k + 1} of {n}")
+    table = pd.concat(parts).sort_values("input", key=lambda column: column.astype(int))
+    counts = set(table["inputs"].astype(int)) | ({total} if total is not None else set())
+    if len(counts) > 1 or table["input"].duplicated().any():
+        # Parts of different input lists (another INPUT set or order) would interleave the wrong rows.
+        raise InputError(f"{out_dir}: the part files come from different lists of inputs (of "
+                         f"{' and '.join(map(str, sorted(counts)))} inputs): run every --part with the same INPUTs")
     with atomic_path(out_dir / "volumes.csv") as tmp:
-        table.drop(columns="input").to_csv(tmp, index=False)
+        table.drop(columns=["input", "inputs"]).to_csv(tmp, index=False)
     for p in paths:
         p.unlink()
     of = f" of {total}" if total is not None else ""

@@ -70,6 +70,11 @@ def test_compare_views_pairs_each_view_alone_with_the_aggregate_of_its_run(tmp_p
     (tmp_path / "show.json").write_text(json.dumps(show(*runs)))
     out = mriseg("compare", "--json", tmp_path / "show.json", "--views", "--baseline", "scored=coronal alone")
     assert out.returncode == 0 and "| scored=aggregate | 3 |" in out.stdout and "(3/3)" in out.stdout, out.stderr
+    out = mriseg("compare", "--json", tmp_path / "show.json", "--views", "--where", "split.fold=2")
+    assert out.returncode == 0 and "| scored=aggregate | 1 |" in out.stdout and "| f1 |" not in out.stdout
+    bad = mriseg("compare", "--json", tmp_path / "show.json", "--where", "split.fold")
+    assert bad.returncode == 2 and bad.stderr.strip() == \
+        "compare: error: --where split.fold: expected KEY=VALUE, e.g. train.epochs=30", bad.stderr
 
 
 def test_compare_refuses_what_it_cannot_compare():

@@ -96,12 +96,12 @@ def evaluate_command(args):
 
 def compare_command(args):
     from .experiments import (ExperimentsError, compare, dvc_exp_show, finished_experiments, markdown, plot, report,
-                              split_views)
+                              select, split_views)
     from .io import atomic_path
 
     try:
         show = json.loads(Path(args.json).read_text()) if args.json else dvc_exp_show(args.all_commits)
-        rows = finished_experiments(show)
+        rows = select(finished_experiments(show), args.where)
         result = compare(split_views(rows) if args.views else rows, metrics=args.metrics.split(","),
                          baseline=args.baseline)
     except (ExperimentsError, OSError, ValueError) as e:
@@ -172,6 +172,8 @@ def main(argv=None):
     c.add_argument("--metrics", default="dice_white_matter,dice_gray_matter",
                    help="keys of reports/metrics.json, comma-separated")
     c.add_argument("--baseline", help="the group the others are paired against (as printed; default: the first)")
+    c.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="only experiments with this param value (repeatable), e.g. --where train.epochs=30")
     c.add_argument("--views", action="store_true", help="also score each view alone (views.<view> of "
                    "reports/metrics.json) as its own group, paired with the aggregate of the same run: "
                    "--views --baseline 'scored=coronal alone'")

@@ -64,6 +64,17 @@ def finished_experiments(show):
     return rows
 
 
+def select(rows, where):
+    """The rows whose params match every KEY=VALUE of where (values compared as printed: train.epochs=4)."""
+    conditions = []
+    for text in where:
+        key, sep, value = text.partition("=")
+        if not sep:
+            raise ExperimentsError(f"--where {text}: expected KEY=VALUE, e.g. train.epochs=30")
+        conditions.append((key, value))
+    return [r for r in rows if all(str(r["params"].get(k)) == v for k, v in conditions)]
+
+
 def split_views(rows):
     """Each run as its aggregate and as each view alone (`views.<view>` of reports/metrics.json), told apart
     by a `scored` setting: the groups then show what aggregation gains over one view, paired on the same

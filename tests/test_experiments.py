@@ -72,6 +72,8 @@ def test_compare_views_pairs_each_view_alone_with_the_aggregate_of_its_run(tmp_p
     assert out.returncode == 0 and "| scored=aggregate | 3 |" in out.stdout and "(3/3)" in out.stdout, out.stderr
     out = mriseg("compare", "--json", tmp_path / "show.json", "--views", "--where", "split.fold=2")
     assert out.returncode == 0 and "| scored=aggregate | 1 |" in out.stdout and "| f1 |" not in out.stdout
+    none = mriseg("compare", "--json", tmp_path / "show.json", "--where", "split.fold=7")
+    assert none.returncode == 2 and "none of the 3 finished experiments matches" in none.stderr
     bad = mriseg("compare", "--json", tmp_path / "show.json", "--where", "split.fold")
     assert bad.returncode == 2 and bad.stderr.strip() == \
         "compare: error: --where split.fold: expected KEY=VALUE, e.g. train.epochs=30", bad.stderr

@@ -72,7 +72,10 @@ def select(rows, where):
         if not sep:
             raise ExperimentsError(f"--where {text}: expected KEY=VALUE, e.g. train.epochs=30")
         conditions.append((key, value))
-    return [r for r in rows if all(str(r["params"].get(k)) == v for k, v in conditions)]
+    chosen = [r for r in rows if all(str(r["params"].get(k)) == v for k, v in conditions)]
+    if rows and not chosen:
+        raise ExperimentsError(f"--where {' '.join(where)}: none of the {len(rows)} finished experiments matches")
+    return chosen
 
 
 def split_views(rows):

@@ -1,4 +1,5 @@
 """The DVC pipeline for real: a temporary git repo, `dvc repro`, `dvc exp run -S`, `dvc metrics diff`."""
+import ast
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import cohort_zip, make_project, make_tiny_archive, run, set_params
+from conftest import ROOT, cohort_zip, make_project, make_tiny_archive, run, set_params
 
 STAGES = ("fetch", "unzip", "split", "train@axial", "bundle", "evaluate")  # a slice archive: one view
 VIEW_STAGES = ("train@axial", "train@coronal", "train@sagittal")
@@ -19,6 +20,35 @@ VIEW_STAGES = ("train@axial", "train@coronal", "train@sagittal")
 
 def ran(output):
     return {s for s in STAGES + VIEW_STAGES if f"Running stage '{s}'" in output}
+
+
+def imported_modules(script):
+    """The mriseg modules a script imports when it starts: its top-level imports and theirs, transitively."""
+    seen, todo = set(), [ROOT / script]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.parse(path.read_text()).body:
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level == 1 or (node.module or "").startswith("mriseg"):
+                module = (node.module or "").removeprefix("mriseg").lstrip(".").split(".")[0]
+                names = [module] if module else [a.name for a in node.names]
+                todo += [p for p in (ROOT / "src/mriseg" / f"{n}.py" for n in names) if p.exists()]
+                todo.append(ROOT / "src/mriseg/__init__.py")
+    return {str(p.relative_to(ROOT)) for p in seen} - {script}
+
+
+def test_every_stage_depends_on_the_code_it_runs():
+    """A change to any module a stage imports re-runs that stage: dvc.yaml lists them all as deps."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        stage = stage.get("do", stage)
+        script = stage["cmd"].split()[1]
+        missing = imported_modules(script) - set(stage["deps"])
+        assert script in stage["deps"] and not missing, f"stage {name}: add {sorted(missing)} to its deps"
 
 
 @pytest.fixture(scope="module")

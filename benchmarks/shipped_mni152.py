@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import commit, cpu_name  # noqa: E402
+from mriseg.devices import cpu_name  # noqa: E402
+from train_throughput import commit  # noqa: E402
 
 
 def main():

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mriseg.devices import describe_device
 from mriseg.metrics import tutorial_iou
 from mriseg.models import build_model
-from mriseg.devices import cpu_name  # noqa: F401  (predict_time.py imports it from here)
 from mriseg.training import read_timing, train
 
 
@@ -149,7 +149,7 @@ def main():
         args.loop, args.model = args.worker
         return worker(args)
 
-    name = torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads"
+    name = describe_device(torch.device(args.device))["device"]
     loops = ["tutorial", "mriseg-cached", "mriseg-streamed"] + (["mriseg-compile"] if args.compile else [])
     loops += [f"mriseg-{args.processes}-processes"] if args.processes else []
     rows = []

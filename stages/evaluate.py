@@ -1,5 +1,5 @@
 """Stage evaluate: models/model.pt (the views and their weights) on the test split -> reports/metrics.json,
-reports/subjects.csv (one row per test subject), curves.png, predictions.png.
+reports/subjects.csv (one row per test subject, and per subject and view alone), curves.png, predictions.png.
 
 A cohort's test subjects are scored in 3-D on their own grids: the views' aggregate (the top-level keys,
 means over subjects; per_subject adds the sd) and each view alone (views.<view>), so that `dvc metrics`
@@ -45,13 +45,14 @@ def main():
     if summary:
         metrics["per_subject"] = summary
     write_json("reports/metrics.json", metrics)
-    write_subjects(subjects, "reports/subjects.csv")
+    write_subjects(subjects, "reports/subjects.csv", view_subjects)
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
                    if k not in ("per_subject", "views", "trained_on")))
     for key, s in metrics.get("per_subject", {}).items():
         print(f"per subject {key}: {s['mean']:.4f} +- {s['sd']:.4f}")
-    for view, scores in metrics.get("views", {}).items():
-        print(f"{view} alone: " + " ".join(f"{k}={v:.4f}" for k, v in scores.items() if k.startswith("dice")))
+    for view, rows in view_subjects.items():
+        print(f"{view} alone, per subject: " + " ".join(f"{k} {s['mean']:.4f} +- {s['sd']:.4f}"
+                                                       for k, s in summarize(rows).items() if k.startswith("dice")))
 
     plot_curves({v.name: v.ckpt["history"] for v in predictor.views}, "reports/curves.png",
                 title=first.ckpt["model"])

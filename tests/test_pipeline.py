@@ -199,7 +199,8 @@ def test_cohort_of_volumes_trains_and_is_scored_per_subject_in_3d(cohort_project
     assert meta["layout"] == "volumes" and sorted(meta["subjects"]) == [f"s{i:02d}" for i in range(5)]
     manifest = pd.read_csv(project / "data" / "manifest.csv")
     assert (manifest.groupby("subject")["split"].nunique() == 1).all()  # no subject on two sides
-    subjects = pd.read_csv(project / "reports" / "subjects.csv")
+    table = pd.read_csv(project / "reports" / "subjects.csv")
+    subjects = table[table["scored"] == "aggregate"]
     assert sorted(subjects["subject"]) == sorted(set(manifest.loc[manifest["split"] == "test", "subject"]))
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     assert metrics["test_subjects"] == 2
@@ -210,6 +211,10 @@ def test_cohort_of_volumes_trains_and_is_scored_per_subject_in_3d(cohort_project
     assert sorted(metrics["views"]) == ["axial", "coronal", "sagittal"]
     assert all(0 <= metrics["views"][v]["dice_white_matter"] <= 1 for v in metrics["views"])
     assert len({metrics["views"][v]["dice_gray_matter"] for v in metrics["views"]}) == 3  # three networks
+    for view, rows in table[table["scored"] != "aggregate"].groupby("scored"):  # each view alone, per subject
+        assert sorted(rows["subject"]) == sorted(subjects["subject"])
+        assert metrics["views"][view]["dice_white_matter"] == pytest.approx(rows["dice_white_matter"].mean(), abs=1e-5)
+    assert sorted(set(table["scored"])) == ["aggregate", "axial", "coronal", "sagittal"]
     assert (subjects["manual_white_matter_ml"] > 0).all()
     assert ran(run(["dvc", "repro"], project).stdout) == set()
 
@@ -231,6 +236,7 @@ def test_evaluate_stage_and_predict_give_a_volume_the_same_dice(cohort_project, 
     --labels` (from the original NIfTI files in the zip): the same prediction on the same grid."""
     project, archive = cohort_project
     subjects = pd.read_csv(project / "reports" / "subjects.csv")
+    subjects = subjects[subjects["scored"] == "aggregate"].reset_index(drop=True)
     subject = subjects["subject"][0]
     with zipfile.ZipFile(archive) as zf:
         for name in (f"{subject}.nii.gz", f"{subject}_seg.nii.gz"):

@@ -114,12 +114,17 @@ def score_split(predictor, root, dataset, batch_size):
     return overall, slice_subject_scores(predictor.model, ckpt, dataset, batch_size, device), {}
 
 
-def write_subjects(rows, path):
+def write_subjects(rows, path, view_rows=None):
+    """One row per subject, scored = aggregate; with view_rows ({view: rows}) then one row per subject and
+    view alone, so that each view's per-subject spread can be read next to the aggregate's."""
     from .io import atomic_path
 
-    extra = [k for k in (rows[0] if rows else {}) if k not in SUBJECT_COLUMNS]
+    table = [{"scored": "aggregate", **r} for r in rows]
+    table += [{"scored": view, **r} for view, each in (view_rows or {}).items() for r in each]
+    columns = ["scored"] + SUBJECT_COLUMNS
+    columns += [k for k in (table[0] if table else {}) if k not in columns]
     with atomic_path(path) as tmp:
-        pd.DataFrame(rows, columns=SUBJECT_COLUMNS + extra).to_csv(tmp, index=False, float_format="%.6g")
+        pd.DataFrame(table, columns=columns).to_csv(tmp, index=False, float_format="%.6g")
 
 
 def mismatches(meta, ckpt):

@@ -48,6 +48,20 @@ def test_compare_groups_by_differing_params_and_pairs_by_fold_and_seed():
     assert table.count("| m") == 6 and "+0.0033 ±" in table and "(4/6)" in table
 
 
+def test_compare_reports_the_seed_to_seed_spread_within_folds():
+    runs = [cv_run(f"m{f}{s}", "mriseg", f, s, 0.90 + f / 100 + s * 0.02, 0.93) for f in range(3) for s in range(2)]
+    runs += [cv_run(f"t{f}", "tutorial", f, 0, 0.90, 0.91) for f in range(3)]
+    result = compare(finished_experiments(show(*runs)), baseline="train.recipe=tutorial")
+    groups = {g["group"]: g for g in result["groups"]}
+    # Within each fold the seeds differ by 0.02: sd 0.02 / sqrt(2), whatever the spread across folds.
+    assert groups["train.recipe=mriseg"]["seed_sd"]["dice_white_matter"] == pytest.approx(0.02 / 2 ** 0.5)
+    assert groups["train.recipe=mriseg"]["seed_sd"]["dice_gray_matter"] == pytest.approx(0.0)
+    assert "seed_sd" not in groups["train.recipe=tutorial"]
+    table = markdown(result)
+    assert "seed sd Dice white matter |" in table and "| 0.0141 | 0.0000 |" in table and "one seed" in table
+    assert "seed sd" not in markdown(compare(finished_experiments(show(*runs[6:]))))
+
+
 def test_compare_views_pairs_each_view_alone_with_the_aggregate_of_its_run(tmp_path):
     runs = []
     for fold in range(3):

@@ -116,6 +116,16 @@ def mean_sd(values):
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
+def seed_sd(runs, metric):
+    """The seed-to-seed spread: the sd across seeds within a fold, pooled over the folds run with two or
+    more seeds (None when none was). A gain below it is not told apart from a change of seed."""
+    by_fold = {}
+    for r in runs:
+        by_fold.setdefault(r["params"].get(PAIRING[0]), []).append(r["metrics"][metric])
+    variances = [np.var(v, ddof=1) for v in by_fold.values() if len(v) > 1]
+    return float(np.sqrt(np.mean(variances))) if variances else None
+
+
 def compare(rows, metrics=METRICS, baseline=None):
     """The comparison of finished experiment rows: per-run rows, per-group summaries and paired gains
     against the baseline group (the given label, else the first group in sorted order)."""
@@ -145,6 +155,8 @@ def compare(rows, metrics=METRICS, baseline=None):
         runs = groups[name]
         entry = {"group": name, "runs": len(runs), "scores": {m: mean_sd([r["metrics"][m] for r in runs])
                                                               for m in metrics}}
+        if seed_sd(runs, metrics[0]) is not None:
+            entry["seed_sd"] = {m: seed_sd(runs, m) for m in metrics}
         pairs = [(r, base_runs[pair_key(r)]) for r in runs if pair_key(r) in base_runs]
         if name != base and pairs:
             entry["pairs"] = len(pairs)
@@ -167,11 +179,15 @@ def markdown(result):
     for r in result["runs"]:
         lines.append(f"| {r['name']} | {r['group']} | " + " | ".join(str(r["params"].get(k)) for k in PAIRING)
                      + " | " + " | ".join(f"{r['metrics'][m]:.4f}" for m in metrics) + " |")
+    seeds = any("seed_sd" in g for g in result["groups"])  # a column only when some fold ran two seeds
     lines += ["", "| group | runs | " + " | ".join(f"{short(m)} mean ± sd" for m in metrics) + " | "
+              + "".join(f"seed sd {short(m)} | " for m in metrics if seeds)
               + " | ".join(f"gain {short(m)} (wins)" for m in metrics) + " |",
-              "|---" * (2 + 2 * len(metrics)) + "|"]
+              "|---" * (2 + (2 + seeds) * len(metrics)) + "|"]
     for g in result["groups"]:
         cells = [f"{g['scores'][m][0]:.4f} ± {g['scores'][m][1]:.4f}" for m in metrics]
+        if seeds:
+            cells += [f"{g['seed_sd'][m]:.4f}" if "seed_sd" in g else "one seed" for m in metrics]
         if "gain" in g:
             cells += [f"{g['gain'][m][0]:+.4f} ± {g['gain'][m][1]:.4f} ({g['wins'][m]}/{g['pairs']})" for m in metrics]
         else:

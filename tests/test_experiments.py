@@ -45,7 +45,7 @@ def test_compare_groups_by_differing_params_and_pairs_by_fold_and_seed():
     assert mine["wins"] == {"dice_white_matter": 4, "dice_gray_matter": 6}
     assert groups["train.recipe=tutorial"]["scores"]["dice_gray_matter"] == pytest.approx((0.91, 0.0))
     table = markdown(result)
-    assert table.count("| m") == 6 and "+0.0033 ±" in table and "(4/6)" in table
+    assert table.count("| m") == 6 and "+0.0033 ±" in table and "(4/6; seed sd 0.0000)" in table
 
 
 def test_compare_reports_the_seed_to_seed_spread_within_folds():
@@ -59,6 +59,13 @@ def test_compare_reports_the_seed_to_seed_spread_within_folds():
     assert "seed_sd" not in groups["train.recipe=tutorial"]
     table = markdown(result)
     assert "seed sd Dice white matter |" in table and "| 0.0141 | 0.0000 |" in table and "one seed" in table
+    # The gain's own spread across seeds, from pairs of the same fold and seed (the baseline ran seed 0 only).
+    result = compare(finished_experiments(show(*runs, *(cv_run(f"t{f}1", "tutorial", f, 1, 0.95, 0.91)
+                                                        for f in range(3)))), baseline="train.recipe=tutorial")
+    mine = {g["group"]: g for g in result["groups"]}["train.recipe=mriseg"]
+    # gains per fold: seed 0 f/100, seed 1 f/100 + 0.02 - 0.05 -> differ by 0.03 within every fold
+    assert mine["gain_seed_sd"]["dice_white_matter"] == pytest.approx(0.03 / 2 ** 0.5)
+    assert "(2/6; seed sd 0.0212)" in markdown(result)
     assert "seed sd" not in markdown(compare(finished_experiments(show(*runs[6:]))))
 
 

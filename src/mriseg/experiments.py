@@ -162,6 +162,10 @@ def compare(rows, metrics=METRICS, baseline=None):
             entry["pairs"] = len(pairs)
             entry["gain"] = {m: mean_sd([r["metrics"][m] - b["metrics"][m] for r, b in pairs]) for m in metrics}
             entry["wins"] = {m: sum(r["metrics"][m] > b["metrics"][m] for r, b in pairs) for m in metrics}
+            gains = [{"params": r["params"], "metrics": {m: r["metrics"][m] - b["metrics"][m] for m in metrics}}
+                     for r, b in pairs]
+            if seed_sd(gains, metrics[0]) is not None:  # the noise a gain is to be judged against
+                entry["gain_seed_sd"] = {m: seed_sd(gains, m) for m in metrics}
         summary.append(entry)
     runs = sorted(rows, key=lambda r: (names.index(r["group"]), *map(str, pair_key(r)), r["name"]))
     return {"metrics": list(metrics), "differ": differ, "baseline": base, "groups": summary, "runs": runs}
@@ -189,7 +193,9 @@ def markdown(result):
         if seeds:
             cells += [f"{g['seed_sd'][m]:.4f}" if "seed_sd" in g else "one seed" for m in metrics]
         if "gain" in g:
-            cells += [f"{g['gain'][m][0]:+.4f} ± {g['gain'][m][1]:.4f} ({g['wins'][m]}/{g['pairs']})" for m in metrics]
+            spread = {m: f"; seed sd {g['gain_seed_sd'][m]:.4f}" if "gain_seed_sd" in g else "" for m in metrics}
+            cells += [f"{g['gain'][m][0]:+.4f} ± {g['gain'][m][1]:.4f} ({g['wins'][m]}/{g['pairs']}{spread[m]})"
+                      for m in metrics]
         else:
             cells += ["baseline" if g["group"] == result["baseline"] else "no pairs"] * len(metrics)
         lines.append(f"| {g['group']} | {g['runs']} | " + " | ".join(cells) + " |")

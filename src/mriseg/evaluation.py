@@ -75,15 +75,14 @@ def cohort_subject_scores(predictor, root, subjects):
         reference = nib.Nifti1Image(np.zeros(rec["native_shape"], np.uint8), np.array(rec["native_affine"]))
         truth = np.load(root / "volumes" / f"{subject}.native.npy")
         work_affine = np.array(rec["work_affine"])
-        n = view_shape(volume.shape, predictor.views[0].axis)[0]
 
-        def scored(probs):
+        def scored(probs, view):  # slices: what that view cuts (the first view's for the aggregate)
             pred = predictor.on_input_grid(probs, work_affine, reference)
-            return {"subject": subject, "slices": n,
+            return {"subject": subject, "slices": view_shape(volume.shape, view.axis)[0],
                     **subject_scores(confusion_of(pred, truth), rec["native_voxel_ml"])}
 
-        each = (lambda view, probs: view_rows[view.name].append(scored(probs))) if view_rows else None
-        rows.append(scored(predictor.volume_probabilities(volume, each)))
+        each = (lambda view, probs: view_rows[view.name].append(scored(probs, view))) if view_rows else None
+        rows.append(scored(predictor.volume_probabilities(volume, each), predictor.views[0]))
     return rows, view_rows
 
 

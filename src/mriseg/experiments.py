@@ -116,14 +116,17 @@ def mean_sd(values):
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def seed_sd(runs, metric):
-    """The seed-to-seed spread: the sd across seeds within a fold, pooled over the folds run with two or
-    more seeds (None when none was). A gain below it is not told apart from a change of seed."""
+def seed_sd(runs, metrics):
+    """The seed-to-seed spread, {metric: sd across seeds within a fold, pooled over the folds run with two
+    or more seeds}; None when none was. A gain below it is not told apart from a change of seed."""
     by_fold = {}
     for r in runs:
-        by_fold.setdefault(r["params"].get(PAIRING[0]), []).append(r["metrics"][metric])
-    variances = [np.var(v, ddof=1) for v in by_fold.values() if len(v) > 1]
-    return float(np.sqrt(np.mean(variances))) if variances else None
+        by_fold.setdefault(r["params"].get(PAIRING[0]), []).append(r["metrics"])
+    repeated = [fold for fold in by_fold.values() if len(fold) > 1]
+    if not repeated:
+        return None
+    return {m: float(np.sqrt(np.mean([np.var([s[m] for s in fold], ddof=1) for fold in repeated])))
+            for m in metrics}
 
 
 def compare(rows, metrics=METRICS, baseline=None):
@@ -155,17 +158,19 @@ def compare(rows, metrics=METRICS, baseline=None):
         runs = groups[name]
         entry = {"group": name, "runs": len(runs), "scores": {m: mean_sd([r["metrics"][m] for r in runs])
                                                               for m in metrics}}
-        if seed_sd(runs, metrics[0]) is not None:
-            entry["seed_sd"] = {m: seed_sd(runs, m) for m in metrics}
+        spread = seed_sd(runs, metrics)
+        if spread:
+            entry["seed_sd"] = spread
         pairs = [(r, base_runs[pair_key(r)]) for r in runs if pair_key(r) in base_runs]
         if name != base and pairs:
             entry["pairs"] = len(pairs)
-            entry["gain"] = {m: mean_sd([r["metrics"][m] - b["metrics"][m] for r, b in pairs]) for m in metrics}
-            entry["wins"] = {m: sum(r["metrics"][m] > b["metrics"][m] for r, b in pairs) for m in metrics}
             gains = [{"params": r["params"], "metrics": {m: r["metrics"][m] - b["metrics"][m] for m in metrics}}
                      for r, b in pairs]
-            if seed_sd(gains, metrics[0]) is not None:  # the noise a gain is to be judged against
-                entry["gain_seed_sd"] = {m: seed_sd(gains, m) for m in metrics}
+            entry["gain"] = {m: mean_sd([g["metrics"][m] for g in gains]) for m in metrics}
+            entry["wins"] = {m: sum(g["metrics"][m] > 0 for g in gains) for m in metrics}
+            spread = seed_sd(gains, metrics)
+            if spread:  # the noise a gain is to be judged against
+                entry["gain_seed_sd"] = spread
         summary.append(entry)
     runs = sorted(rows, key=lambda r: (names.index(r["group"]), *map(str, pair_key(r)), r["name"]))
     return {"metrics": list(metrics), "differ": differ, "baseline": base, "groups": summary, "runs": runs}

@@ -32,13 +32,14 @@ def main():
     overall, subjects, view_subjects = score_split(predictor, "data/MRIs", test, p["batch_size"])
     best = {v.name: v.ckpt["best_epoch"] for v in predictor.views}
     summary = summarize(subjects) if subjects else {}
+    view_summary = {view: summarize(rows) for view, rows in view_subjects.items()}
     if overall:  # a slice archive
         metrics = {**overall, "test_slices": len(test), "best_epoch": best[first.name]}
     else:
         metrics = {key: s["mean"] for key, s in summary.items()}
-        if view_subjects:
-            metrics["views"] = {view: {key: s["mean"] for key, s in summarize(rows).items()}
-                                for view, rows in view_subjects.items()}
+        if view_summary:
+            metrics["views"] = {view: {key: s["mean"] for key, s in stats.items()}
+                                for view, stats in view_summary.items()}
         metrics["best_epoch"] = best if len(best) > 1 else best[first.name]
     metrics["test_subjects"] = len(subjects)
     metrics["trained_on"] = first.ckpt.get("trained_on", {})  # device and torch version, for dvc exp show
@@ -50,9 +51,9 @@ def main():
                    if k not in ("per_subject", "views", "trained_on")))
     for key, s in metrics.get("per_subject", {}).items():
         print(f"per subject {key}: {s['mean']:.4f} +- {s['sd']:.4f}")
-    for view, rows in view_subjects.items():
+    for view, stats in view_summary.items():
         print(f"{view} alone, per subject: " + " ".join(f"{k} {s['mean']:.4f} +- {s['sd']:.4f}"
-                                                       for k, s in summarize(rows).items() if k.startswith("dice")))
+                                                       for k, s in stats.items() if k.startswith("dice")))
 
     plot_curves({v.name: v.ckpt["history"] for v in predictor.views}, "reports/curves.png",
                 title=first.ckpt["model"])

@@ -1,9 +1,10 @@
 """The shipped model (or --model) on the skull-stripped MNI152 2009 template against its own tissue maps
 (each voxel's most probable class, nilearn's wheel): per view alone and aggregated, 3-D Dice and volume
 error on the template's grid. No IBSR subject is in it; its labels come from another method (probabilistic
-tissue maps of an average brain), so deep nuclei and the cerebellum score lower than the cortex.
+tissue maps of an average brain), so deep nuclei and the cerebellum score lower than the cortex: the
+aggregate is also scored inside and outside those regions.
 
-    python benchmarks/shipped_mni152.py [--model models/model.pt]
+    python benchmarks/shipped_mni152.py [--model models/model.pt] [--save-input mni152_brain.nii.gz]
 """
 import argparse
 import sys
@@ -28,11 +29,14 @@ def main():
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(SHIPPED_MODEL))
+    p.add_argument("--save-input", help="also write the skull-stripped template it segments (the README's example)")
     args = p.parse_args()
     t1, gm, wm, affine = mni152_volumes()
     brain = datasets.load_mni152_brain_mask(resolution=1).get_fdata() > 0
     truth = np.where(brain, labels_from_probabilities(wm, gm), 2)
     img3 = nib.Nifti1Image((t1 * brain).astype(np.float32), affine)
+    if args.save_input:
+        nib.save(img3, args.save_input)
     predictor = Predictor(args.model, "cpu")
     work_affine, volume = predictor.working_volume(img3)
     alone = {}
@@ -41,8 +45,21 @@ def main():
              f"Machine: {cpu_name()}, torch {torch.__version__}. Commit {commit()}. Model: {args.model}.", "",
              "| views | Dice white matter | Dice gray matter | volume error white matter | volume error gray matter |",
              "|---|---|---|---|---|"]
-    for name, probs in [*alone.items(), ("aggregate", aggregate)]:
-        s = subject_scores(confusion_of(predictor.on_input_grid(probs, work_affine, img3), truth))
+    labels = {name: predictor.on_input_grid(probs, work_affine, img3)
+              for name, probs in [*alone.items(), ("aggregate", aggregate)]}
+    # Where an average brain's tissue maps and IBSR's manual labels define tissue differently: the deep
+    # nuclei (IBSR: gray matter) and the cerebellum and brainstem (blurred folia in the template).
+    x, y, z = np.meshgrid(*(np.arange(n) for n in truth.shape), indexing="ij")
+    mm = [affine[i, 0] * x + affine[i, 1] * y + affine[i, 2] * z + affine[i, 3] for i in range(3)]
+    nuclei = (np.abs(mm[0]) <= 30) & (mm[1] >= -35) & (mm[1] <= 25) & (mm[2] >= -10) & (mm[2] <= 25)
+    regions = {"aggregate, deep nuclei box (x -30..30, y -35..25, z -10..25 mm)": nuclei,
+               "aggregate, below z = -20 mm (cerebellum, brainstem)": mm[2] < -20,
+               "aggregate, above z = -20 mm": mm[2] >= -20,
+               "aggregate, above z = -20 mm outside the nuclei box": (mm[2] >= -20) & ~nuclei}
+    rows = [(name, pred, truth) for name, pred in labels.items()]
+    rows += [(name, labels["aggregate"][inside], truth[inside]) for name, inside in regions.items()]
+    for name, pred, true in rows:
+        s = subject_scores(confusion_of(pred, true))
         lines.append(f"| {name} | {s['dice_white_matter']:.3f} | {s['dice_gray_matter']:.3f} | "
                      f"{s['volume_error_white_matter']:+.1%} | {s['volume_error_gray_matter']:+.1%} |")
     print("\n".join(lines))

@@ -30,6 +30,7 @@ def test_predict_without_model_segments_the_mni152_template(tmp_path):
     pred = np.asanyarray(nib.load(tmp_path / "out" / "mni152_mask.nii.gz").dataobj)
     truth = np.where(brain, labels_from_probabilities(wm, gm), 2)
     scores = subject_scores(confusion_of(pred, truth))
-    # The target is 0.9 for both; this CPU-trained model reaches white matter 0.885, gray matter
-    # 0.912 (benchmarks/results/shipped-model/mni152-cpu.md): these floors catch a regression, not the target.
+    # The target is 0.9 for both; the shipped model reaches white matter 0.885, gray matter 0.907
+    # (benchmarks/results/shipped-model/mni152-cpu.md; 0.913 / 0.916 outside the deep nuclei and the cerebellum,
+    # which the template's maps and IBSR's labels define differently): these floors catch a regression.
     assert scores["dice_white_matter"] >= 0.88 and scores["dice_gray_matter"] >= 0.9, scores

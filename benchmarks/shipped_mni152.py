@@ -52,10 +52,11 @@ def main():
     x, y, z = np.meshgrid(*(np.arange(n) for n in truth.shape), indexing="ij")
     mm = [affine[i, 0] * x + affine[i, 1] * y + affine[i, 2] * z + affine[i, 3] for i in range(3)]
     nuclei = (np.abs(mm[0]) <= 30) & (mm[1] >= -35) & (mm[1] <= 25) & (mm[2] >= -10) & (mm[2] <= 25)
+    cerebrum = mm[2] >= -20
     regions = {"aggregate, deep nuclei box (x -30..30, y -35..25, z -10..25 mm)": nuclei,
-               "aggregate, below z = -20 mm (cerebellum, brainstem)": mm[2] < -20,
-               "aggregate, above z = -20 mm": mm[2] >= -20,
-               "aggregate, above z = -20 mm outside the nuclei box": (mm[2] >= -20) & ~nuclei}
+               "aggregate, below z = -20 mm (cerebellum, brainstem)": ~cerebrum,
+               "aggregate, above z = -20 mm": cerebrum,
+               "aggregate, above z = -20 mm outside the nuclei box": cerebrum & ~nuclei}
     rows = [(name, pred, truth) for name, pred in labels.items()]
     rows += [(name, labels["aggregate"][inside], truth[inside]) for name, inside in regions.items()]
     for name, pred, true in rows:

@@ -87,7 +87,8 @@ def tutorial_loop(model_name, folder, device, epochs, batch_size):
 def mriseg_loop(model_name, folder, device, epochs, batch_size, cache_gb=8, workers="auto", **switches):
     import pandas as pd
 
-    from mriseg.data import MANIFEST_COLUMNS, SliceDataset, list_pairs
+    from mriseg.data import SliceDataset
+    from mriseg.manifest import MANIFEST_COLUMNS, list_pairs
 
     manifest = pd.DataFrame(list_pairs(folder)).assign(split="train")[MANIFEST_COLUMNS]
     cfg = {"epochs": epochs, "batch_size": batch_size, "lr": 3e-4, "pretrained": False, "stem_init": "random",

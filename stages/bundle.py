@@ -2,20 +2,18 @@
 file: what the evaluate stage scores and `mriseg predict --model` takes."""
 import sys
 
-from mriseg.models import CheckpointError, bundle_views
+from mriseg.errors import stage_error
+from mriseg.models import bundle_views
 from mriseg.params import load_params
 
 
 def main():
     params = load_params()
     weights = params["aggregate"]["weights"]
-    try:
-        bundle_views({view: f"models/views/{view}.pt" for view in params["views"]}, weights, "models/model.pt")
-    except CheckpointError as e:
-        sys.exit(f"bundle: error: {e}")
+    bundle_views({view: f"models/views/{view}.pt" for view in params["views"]}, weights, "models/model.pt")
     print("bundle: " + ", ".join(f"{view} x{weights.get(view, 1.0)}" for view in params["views"])
           + " -> models/model.pt")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(stage_error("bundle", main))

@@ -8,11 +8,12 @@ import sys
 
 import torch
 
-from mriseg.data import SliceDataset, read_manifest
+from mriseg.data import SliceDataset
+from mriseg.errors import DataError, stage_error
 from mriseg.evaluation import score_split, write_subjects
 from mriseg.io import write_json
+from mriseg.manifest import read_manifest
 from mriseg.metrics import summarize
-from mriseg.models import CheckpointError
 from mriseg.params import load_params
 from mriseg.prediction import Predictor, predict_labels
 from mriseg.reporting import plot_curves, plot_predictions
@@ -21,14 +22,11 @@ from mriseg.reporting import plot_curves, plot_predictions
 def main():
     params = load_params()
     p = params["evaluate"]
-    try:
-        predictor = Predictor("models/model.pt", params["train"]["device"], p["batch_size"])
-    except CheckpointError as e:
-        sys.exit(f"evaluate: error: {e}")
+    predictor = Predictor("models/model.pt", params["train"]["device"], p["batch_size"])
     first = predictor.views[0]
     test = SliceDataset(read_manifest("data/manifest.csv"), "test", first.context, view=first.axis)
     if not len(test):
-        sys.exit("evaluate: error: data/manifest.csv has no test pairs (split.test_size)")
+        raise DataError("data/manifest.csv has no test pairs (split.test_size)")
     overall, subjects, view_subjects = score_split(predictor, "data/MRIs", test, p["batch_size"])
     best = {v.name: v.ckpt["best_epoch"] for v in predictor.views}
     summary = summarize(subjects) if subjects else {}
@@ -67,4 +65,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(stage_error("evaluate", main))

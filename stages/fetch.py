@@ -1,17 +1,15 @@
 """Stage fetch: params data.archive -> data/archive.zip."""
 import sys
 
-from mriseg.fetch import FetchError, fetch_archive
+from mriseg.errors import stage_error
+from mriseg.fetch import fetch_archive
 from mriseg.params import load_params
 
 
 def main():
     data = load_params()["data"]
-    try:
-        fetch_archive(data["archive"], "data/archive.zip", sha256=data.get("sha256"))
-    except FetchError as e:
-        sys.exit(f"fetch: error: {e}")
+    fetch_archive(data["archive"], "data/archive.zip", sha256=data.get("sha256"))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(stage_error("fetch", main))

@@ -1,5 +1,8 @@
 """Stage split: data/MRIs -> data/manifest.csv (one row per pair: paths, ids, split)."""
-from mriseg.data import list_pairs, make_split, write_manifest
+import sys
+
+from mriseg.manifest import list_pairs, make_split, write_manifest
+from mriseg.errors import stage_error
 from mriseg.params import load_params
 
 
@@ -13,4 +16,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(stage_error("split", main))

@@ -12,23 +12,24 @@ import sys
 
 import torch
 
-from mriseg.data import SliceDataset, archive_metadata, archive_views, data_id, read_manifest, usable_context
+from mriseg.data import SliceDataset
 from mriseg.devices import DistributedError, launched, usable_cores
-from mriseg.models import PretrainedWeightsUnavailable
+from mriseg.errors import DataError, stage_error
+from mriseg.manifest import archive_metadata, archive_views, data_id, read_manifest, usable_context
 from mriseg.params import load_params
-from mriseg.training import SettingsError, resolve_recipe, train
+from mriseg.training import resolve_recipe, train
 from mriseg.volumes import LEFT_RIGHT_VIEWS
 
 
 def launch(processes, device, view):
-    """Run this stage as `processes` processes under torchrun; returns the stage's exit status or message."""
+    """Run this stage as `processes` processes under torchrun."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if on_gpu and processes > torch.cuda.device_count():
-        return (f"train: error: params.yaml: train.processes={processes}, but {torch.cuda.device_count()} CUDA "
-                "GPU(s) are visible: one process per GPU")
+        raise DistributedError(f"params.yaml: train.processes={processes}, but {torch.cuda.device_count()} CUDA "
+                               "GPU(s) are visible: one process per GPU")
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the failing rank says why
     # The machine's cores shared out (torchrun would give each process one thread, with a banner saying so).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // processes)))
@@ -36,7 +37,7 @@ def launch(processes, device, view):
         run(parse_args(["--standalone", "--nproc-per-node", str(processes), __file__, view]))
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
-        return f"train: error: rank {rank} of {processes} processes failed (exit code {failure.exitcode})"
+        raise DistributedError(f"rank {rank} of {processes} processes failed (exit code {failure.exitcode})") from None
     return 0
 
 
@@ -48,8 +49,8 @@ def main(view):
     lead = launched()[0] == 0
     planes = archive_views("data/MRIs")
     if view not in planes:
-        return (f"train: error: data/MRIs holds {planes[0]} slices only (a slice archive): "
-                f"remove views.{view} from params.yaml")
+        raise DataError(f"data/MRIs holds {planes[0]} slices only (a slice archive): "
+                        f"remove views.{view} from params.yaml")
     manifest = read_manifest("data/manifest.csv")
     context = cfg["context"] = usable_context(manifest, cfg.get("context", 0), log=print if lead else lambda m: None)
     data = {split: SliceDataset(manifest, split, context, view) for split in ("train", "val", "test")}
@@ -58,18 +59,15 @@ def main(view):
         print(f"train {view}: {len(data['train'])} slices {data['train'].frame}, val {len(data['val'])}, "
               f"test {len(data['test'])} ({meta['layout']}); model {params['model']}, "
               f"{2 * context + 1} input channel(s)")
-    try:
-        train(cfg, params["model"], data["train"], {"val": data["val"], "test": data["test"]},
-              f"models/views/{view}.pt", f"models/resume/{view}.pt", live_dir=f"reports/train/{view}",
-              eval_batch_size=cfg["eval_batch_size"], data_id=data_id("data/manifest.csv", "data/MRIs"),
-              extra={"axis": view, **{k: meta[k] for k in ("normalization", "pixel_size_mm", "grid")}},
-              mirror=view in LEFT_RIGHT_VIEWS, timing_path=f"logs/train/{view}.tsv",
-              artifact={"name": f"tissue-segmenter-{view}", "labels": [params["model"], view, "2.5d"],
-                        "desc": f"the {view} view of the tissue-segmenter artifact (dvc.yaml)"})
-    except (PretrainedWeightsUnavailable, DistributedError, SettingsError) as e:
-        return f"train: error: {e}"
+    train(cfg, params["model"], data["train"], {"val": data["val"], "test": data["test"]},
+          f"models/views/{view}.pt", f"models/resume/{view}.pt", live_dir=f"reports/train/{view}",
+          eval_batch_size=cfg["eval_batch_size"], data_id=data_id("data/manifest.csv", "data/MRIs"),
+          extra={"axis": view, **{k: meta[k] for k in ("normalization", "pixel_size_mm", "grid")}},
+          mirror=view in LEFT_RIGHT_VIEWS, timing_path=f"logs/train/{view}.tsv",
+          artifact={"name": f"tissue-segmenter-{view}", "labels": [params["model"], view, "2.5d"],
+                    "desc": f"the {view} view of the tissue-segmenter artifact (dvc.yaml)"})
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(stage_error("train", main, sys.argv[1]))

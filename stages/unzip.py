@@ -2,27 +2,24 @@
 volumes preprocessed once into memory-mappable arrays (mriseg.cohort)."""
 import sys
 
-from mriseg.archive import ArchiveError, extract_archive
+from mriseg.archive import extract_archive
 from mriseg.cohort import holds_volumes, prepare_cohort
-from mriseg.make_archive import SourceError
+from mriseg.errors import stage_error
 from mriseg.params import load_params
 
 
 def main():
     data = load_params()["data"]
-    try:
-        if holds_volumes("data/archive.zip"):
-            n_subjects, n_slices = prepare_cohort(
-                "data/archive.zip", "data/MRIs", labels=str(data["labels"]), pixel_size=data["pixel_size"],
-                min_tissue=data["min_tissue"], max_volume_mb=data["max_volume_mb"],
-                max_extracted_mb=data["max_extracted_mb"])
-            print(f"preprocessed {n_subjects} subjects ({n_slices} axial slices with tissue) -> data/MRIs")
-        else:
-            print(f"extracted {extract_archive('data/archive.zip', 'data/MRIs', data['max_extracted_mb'])} "
-                  "image/mask pairs -> data/MRIs")
-    except (ArchiveError, SourceError) as e:
-        sys.exit(f"unzip: error: {e}")
+    if holds_volumes("data/archive.zip"):
+        n_subjects, n_slices = prepare_cohort(
+            "data/archive.zip", "data/MRIs", labels=str(data["labels"]), pixel_size=data["pixel_size"],
+            min_tissue=data["min_tissue"], max_volume_mb=data["max_volume_mb"],
+            max_extracted_mb=data["max_extracted_mb"])
+        print(f"preprocessed {n_subjects} subjects ({n_slices} axial slices with tissue) -> data/MRIs")
+    else:
+        print(f"extracted {extract_archive('data/archive.zip', 'data/MRIs', data['max_extracted_mb'])} "
+              "image/mask pairs -> data/MRIs")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(stage_error("unzip", main))

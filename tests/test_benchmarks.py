@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SHARED_IBSR
-from mriseg.make_archive import load_labels
+from mriseg.labels import load_labels
 
 
 @pytest.mark.skipif(not SHARED_IBSR.exists(), reason="needs ../shared/data/ibsr18-dev (the shared IBSR subjects)")

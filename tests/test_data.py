@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from mriseg.archive import extract_archive
-from mriseg.data import SliceDataset, list_pairs, make_split, read_manifest, usable_context, write_manifest
+from mriseg.data import SliceDataset
+from mriseg.manifest import list_pairs, make_split, read_manifest, usable_context, write_manifest
+from mriseg.errors import ParamsError
 from conftest import make_tiny_archive
 
 
@@ -43,7 +45,7 @@ def test_fraction_count_and_validation_part():
     rows = rows_for([f"s_{i}" for i in range(40)])
     df = make_split(rows, test_size=0.25, val_size=5, seed=0)
     assert df["split"].value_counts().to_dict() == {"train": 25, "test": 10, "val": 5}
-    with pytest.raises(SystemExit, match="split.test_size"):
+    with pytest.raises(ParamsError, match="split.test_size"):
         make_split(rows, test_size=40)
 
 
@@ -85,13 +87,32 @@ def test_folds_test_every_subject_exactly_once():
 @pytest.mark.parametrize("folds, fold, message", [(8, 0, "split.folds=8 needs from 2 to 7"),
                                                   (3, 3, "split.fold=3 must be from 0 to 2")])
 def test_bad_folds_are_one_line(folds, fold, message):
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(ParamsError, match=message):
         make_split(subject_rows(7, n_slices=1), folds=folds, fold=fold)
 
 
 def test_subject_split_refused_without_subjects():
-    with pytest.raises(SystemExit, match="carry no subject"):
+    with pytest.raises(ParamsError, match="carry no subject"):
         make_split(rows_for(["a_1", "a_2", "a_3"]), by="subject", test_size=1)
+
+
+def volume_rows(subjects, n_slices=4):
+    """What list_pairs gives for a cohort of volumes: each subject's one image file, cut in three views."""
+    return [{"image": f"volumes/{s}.image.npy", "mask": f"volumes/{s}.labels.npy", "ix": f"{s}:{view}:{z}",
+             "subject": s, "slice": z, "view": view, "z": z}
+            for s in subjects for view in ("axial", "coronal", "sagittal") for z in range(n_slices)]
+
+
+def test_a_cohort_of_volumes_is_split_by_subject_or_refused():
+    subjects = [f"s{i:02d}" for i in range(5)]
+    df = make_split(volume_rows(subjects), by="auto", test_size=0.2)
+    assert (df.groupby("subject")["split"].nunique() == 1).all()
+    assert df.drop_duplicates("subject")["split"].value_counts().to_dict() == {"train": 4, "test": 1}
+    # Slices of one volume in three planes cross each other: a slice split would test on trained voxels.
+    with pytest.raises(ParamsError, match="split.by=slice: a cohort of volumes is split by subject"):
+        make_split(volume_rows(subjects), by="slice", test_size=0.2)
+    with pytest.raises(ParamsError, match=r"holds one subject \(s00\); a cohort of volumes"):
+        make_split(volume_rows(["s00"]), by="auto", test_size=0.2)
 
 
 def test_manifest_round_trip_and_slices_padded_as_prediction_pads(tmp_path):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from mriseg.archive import extract_archive
-from mriseg.data import list_pairs, make_split
-from mriseg.make_archive import SourceError, make_archive
+from mriseg.manifest import list_pairs, make_split
+from mriseg.labels import SourceError
+from mriseg.make_archive import make_archive
 from conftest import SHARED_IBSR
 
 

@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from .errors import MrisegError
 from .io import replace_dir
 
 IMAGE_DIR = "MRIs/MRIs"
@@ -31,7 +32,7 @@ MAX_EXTRACTED_MB = 4096  # zip-bomb cap on the declared uncompressed size (the t
 LABELS = (0, 1, 2)
 
 
-class ArchiveError(ValueError):
+class ArchiveError(MrisegError):
     """A bad archive or array; the message is one line that names the file."""
 
 

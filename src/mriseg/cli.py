@@ -1,9 +1,9 @@
 """The `mriseg` command line: segment new scans, score a model on an archive, turn labelled volumes
 into a training archive, and compare DVC experiments."""
 import argparse
-import json
 import sys
-from pathlib import Path
+
+from .errors import MrisegError
 
 
 def part_of(text):
@@ -24,66 +24,51 @@ def positive_int(text):
 def predict_command(args):
     from tqdm import tqdm
 
-    from .devices import DistributedError
-    from .models import SHIPPED_MODEL, CheckpointError
+    from .models import SHIPPED_MODEL
     from .prediction import InputError, merge_parts, predict_files
 
     log = lambda m: tqdm.write(m, file=sys.stderr)
     pixel = [float(v) for v in args.pixel_size.split(",")] if args.pixel_size else None
-    try:
-        if args.merge:
-            if args.inputs:
-                raise InputError("--merge takes no INPUT: it joins the part files already in --out")
-            merge_parts(args.out, log=log)
-            return 0
-        failed = predict_files(args.model or SHIPPED_MODEL, args.out, args.inputs, device=args.device,
-                               batch_size=args.batch_size, pixel_size=pixel, slice_thickness=args.slice_thickness,
-                               labels=args.labels, part=args.part, log=log)
-    except (CheckpointError, InputError, DistributedError) as e:
-        print(f"predict: error: {e}", file=sys.stderr)
-        return 2
+    if args.merge:
+        if args.inputs:
+            raise InputError("--merge takes no INPUT: it joins the part files already in --out")
+        merge_parts(args.out, log=log)
+        return 0
+    failed = predict_files(args.model or SHIPPED_MODEL, args.out, args.inputs, device=args.device,
+                           batch_size=args.batch_size, pixel_size=pixel, slice_thickness=args.slice_thickness,
+                           labels=args.labels, part=args.part, log=log)
     return 1 if failed else 0
 
 
 def make_archive_command(args):
-    from .make_archive import SourceError, VolumeError, make_archive
-    from .models import CheckpointError, load_checkpoint
+    from .labels import SourceError
+    from .make_archive import make_archive
+    from .models import load_checkpoint
 
     axis, pixel_size = args.axis or "auto", 1.0 if args.pixel_size is None else args.pixel_size
-    try:
-        if args.like:
-            ckpt = load_checkpoint(args.like)[1]
-            recorded = ckpt.get("pixel_size_mm")
-            if args.axis or (args.pixel_size is not None and recorded):
-                raise SourceError(f"--like {args.like} takes the plane and pixel size from the model: "
-                                  "drop --axis/--pixel-size")
-            axis, pixel_size = ckpt["axis"], recorded[0] if recorded else pixel_size
-            if not recorded:  # trained on an archive without MRIs/mriseg.json, such as the tutorial's
-                print(f"make-archive: note: {args.like} records no pixel size; using {pixel_size or 'the voxels'}"
-                      f"{' mm' if pixel_size else ''} (--pixel-size)", file=sys.stderr)
-        n_subjects, n_slices = make_archive(args.src, args.out, labels=args.labels, axis=axis,
-                                            pixel_size=pixel_size, min_tissue=args.min_tissue)
-    except (SourceError, VolumeError, CheckpointError) as e:
-        print(f"make-archive: error: {e}", file=sys.stderr)
-        return 2
+    if args.like:
+        ckpt = load_checkpoint(args.like)[1]
+        recorded = ckpt.get("pixel_size_mm")
+        if args.axis or (args.pixel_size is not None and recorded):
+            raise SourceError(f"--like {args.like} takes the plane and pixel size from the model: "
+                              "drop --axis/--pixel-size")
+        axis, pixel_size = ckpt["axis"], recorded[0] if recorded else pixel_size
+        if not recorded:  # trained on an archive without MRIs/mriseg.json, such as the tutorial's
+            print(f"make-archive: note: {args.like} records no pixel size; using {pixel_size or 'the voxels'}"
+                  f"{' mm' if pixel_size else ''} (--pixel-size)", file=sys.stderr)
+    n_subjects, n_slices = make_archive(args.src, args.out, labels=args.labels, axis=axis,
+                                        pixel_size=pixel_size, min_tissue=args.min_tissue)
     print(f"{n_subjects} subjects, {n_slices} slices -> {args.out} (use it with data.archive: {args.out})")
     return 0
 
 
 def evaluate_command(args):
-    from .archive import ArchiveError
-    from .evaluation import evaluate_archive, format_table
+    from .held_out import evaluate_archive, format_table
     from .io import write_json
-    from .make_archive import SourceError
-    from .models import CheckpointError
 
     log = lambda m: print(m, file=sys.stderr)
-    try:
-        result = evaluate_archive(args.model, args.archive, device=args.device, batch_size=args.batch_size,
-                                  labels=args.labels, log=log)
-    except (CheckpointError, ArchiveError, SourceError) as e:
-        print(f"evaluate: error: {e}", file=sys.stderr)
-        return 2
+    result = evaluate_archive(args.model, args.archive, device=args.device, batch_size=args.batch_size,
+                              labels=args.labels, log=log)
     print(format_table(result))
     if args.out:
         try:
@@ -95,18 +80,14 @@ def evaluate_command(args):
 
 
 def compare_command(args):
-    from .experiments import (ExperimentsError, compare, dvc_exp_show, finished_experiments, markdown, plot, report,
+    from .experiments import (compare, dvc_exp_show, finished_experiments, markdown, plot, read_saved_show, report,
                               select, split_views)
     from .io import atomic_path
 
-    try:
-        show = json.loads(Path(args.json).read_text()) if args.json else dvc_exp_show(args.all_commits)
-        rows = select(finished_experiments(show), args.where)
-        result = compare(split_views(rows) if args.views else rows, metrics=args.metrics.split(","),
-                         baseline=args.baseline)
-    except (ExperimentsError, OSError, ValueError) as e:
-        print(f"compare: error: {e}", file=sys.stderr)
-        return 2
+    show = read_saved_show(args.json) if args.json else dvc_exp_show(args.all_commits)
+    rows = select(finished_experiments(show), args.where)
+    result = compare(split_views(rows) if args.views else rows, metrics=args.metrics.split(","),
+                     baseline=args.baseline)
     print(markdown(result))
     if args.out:
         with atomic_path(f"{args.out}.md") as tmp:
@@ -184,7 +165,11 @@ def main(argv=None):
     c.set_defaults(func=compare_command)
 
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except MrisegError as e:  # a bad model, option or setting: nothing was written
+        print(f"{args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

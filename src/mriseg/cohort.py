@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from .archive import IMAGE_DIR, ArchiveError, _check_entry, _ignored, _read, save_hashed, write_hashes
 from .io import replace_dir
-from .make_archive import SourceError, find_subjects, parse_labels, tissue_slices, volume_header, working_volumes
+from .labels import SourceError, parse_labels
+from .scans import find_subjects, tissue_slices, volume_header, working_volumes
 from .volumes import NORMALIZATION, VIEWS, VolumeError, crop_to_foreground, is_volume, to_slices
 
 LAYOUT = "volumes"

@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .errors import DeviceError, MrisegError
 
-class DistributedError(Exception):
+
+class DistributedError(MrisegError):
     """The processes cannot work together: too few GPUs, a process group that cannot form."""
 
 
@@ -24,7 +26,7 @@ def pick_device(name="auto", where="params.yaml: train.device"):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"{where}=cuda, but no CUDA GPU is visible (use auto or cpu)")
+        raise DeviceError(f"{where}=cuda, but no CUDA GPU is visible (use auto or cpu)")
     return torch.device(name)
 
 

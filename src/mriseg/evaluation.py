@@ -1,5 +1,5 @@
-"""Score a trained model on labelled data: the evaluate stage's test split, or every subject of another
-archive (`mriseg evaluate`), such as subjects the project never saw.
+"""Score a trained model on labelled data: each epoch's split during training, and the evaluate stage's test
+split (held_out.py scores another archive with the same functions).
 
 Two kinds of score: slice metrics (the tutorial's IoU as a mean over batches, dataset-level IoU and Dice
 per tissue, the loss), and per-subject scores (Dice, IoU and volume error per tissue) - the numbers the
@@ -7,7 +7,6 @@ field reports, per case and then averaged. For a cohort of volumes a subject is 
 voxel grid, predicted exactly as `mriseg predict` predicts it; for a slice archive, over its slices.
 """
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +102,7 @@ def score_split(predictor, root, dataset, batch_size):
 
     A cohort's subjects are scored in 3-D, aggregated over the views and each view alone (slice metrics:
     none, the views cut different slices); a slice archive's over its slices by its one network."""
-    from .data import archive_metadata
+    from .manifest import archive_metadata
 
     if archive_metadata(root)["layout"] == "volumes":
         rows, view_rows = cohort_subject_scores(predictor, root, sorted(set(dataset.rows["subject"])))
@@ -124,65 +123,3 @@ def write_subjects(rows, path, view_rows=None):
     columns += [k for k in (table[0] if table else {}) if k not in columns]
     with atomic_path(path) as tmp:
         pd.DataFrame(table, columns=columns).to_csv(tmp, index=False, float_format="%.6g")
-
-
-def mismatches(meta, ckpt):
-    """How an archive's slices differ from those the model was trained on (axis, pixel size, normalisation),
-    for what the archive's MRIs/mriseg.json records (the tutorial's archives record nothing). A model trained on
-    such an archive records no pixel size either: nothing to compare with."""
-    return [f"{key} {meta[key]} (model: {ckpt.get(key)})" for key in ("axis", "pixel_size_mm", "normalization")
-            if key in meta and ckpt.get(key) is not None and meta[key] != ckpt[key]]
-
-
-def unpack_archive(archive, root, ckpt, labels=None):
-    """Validate and unpack a slice archive or a cohort of volumes into root, the latter on the model's
-    pixel size with labels mapped by `labels` (default ibsr)."""
-    from .archive import extract_archive
-    from .cohort import holds_volumes, prepare_cohort
-
-    if holds_volumes(archive):
-        pixel = ckpt.get("pixel_size_mm")
-        prepare_cohort(archive, root, labels=labels or "ibsr", pixel_size=pixel[0] if pixel else None)
-    else:
-        extract_archive(archive, root)
-
-
-def evaluate_archive(checkpoint, archive, device="auto", batch_size=32, labels=None, log=print):
-    """{'overall': metrics, 'subjects': {subject: metrics}} of a checkpoint on every subject of an archive.
-
-    Overall metrics are the evaluate stage's (reports/metrics.json) with the number of slices: a slice
-    archive's slice metrics, a cohort's per-subject 3-D scores averaged. Subjects come from a cohort's
-    volumes or make-archive's file names (none for archives without them).
-    """
-    from .data import MANIFEST_COLUMNS, SliceDataset, archive_metadata, list_pairs
-    from .prediction import Predictor
-
-    predictor = Predictor(checkpoint, device, batch_size)
-    ckpt, context = predictor.ckpt, predictor.context
-    with tempfile.TemporaryDirectory(prefix="mriseg-evaluate-") as tmp:
-        root = Path(tmp) / "MRIs"
-        unpack_archive(archive, root, ckpt, labels)
-        manifest = pd.DataFrame(list_pairs(root)).assign(split="test")[MANIFEST_COLUMNS]
-        if context and (manifest["slice"] < 0).any():
-            log(f"evaluate: note: {archive}: image names carry no subject and slice (sub-<id>_slice-<n>_<ix>.npy), "
-                f"so each slice stands in for its {context} neighbour(s) each side")
-        recorded = root / "mriseg.json"
-        for what in mismatches(json.loads(recorded.read_text()) if recorded.exists() else {}, ckpt):
-            log(f"evaluate: note: {archive}: slices differ from the model's training slices: {what} "
-                f"(rebuild it with `mriseg make-archive --like {checkpoint}`)")
-        # A cohort's slices in the first view's plane; a slice archive's as they are (a mismatch is noted above).
-        cohort = archive_metadata(root)["layout"] == "volumes"
-        dataset = SliceDataset(manifest, "test", context, view=predictor.views[0].axis if cohort else None)
-        overall, rows, _ = score_split(predictor, root, dataset, batch_size)
-        if not overall:
-            overall = pd.DataFrame(rows).drop(columns=["subject", "slices"]).mean().to_dict()
-    return {"archive": str(archive), "model": str(checkpoint), "overall": {**overall, "slices": len(dataset)},
-            "subjects": {r["subject"]: {k: v for k, v in r.items() if k != "subject"} for r in rows}}
-
-
-def format_table(result):
-    columns = ["slices", "iou", "dice_white_matter", "dice_gray_matter", "iou_white_matter", "iou_gray_matter",
-               "volume_error_white_matter", "volume_error_gray_matter"]
-    table = pd.DataFrame({**result["subjects"], "all": result["overall"]}).T.reindex(columns=columns)
-    table["slices"] = table["slices"].astype(int)
-    return table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="")

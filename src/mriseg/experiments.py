@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import MrisegError
+
 PAIRING = ("split.fold", "train.seed")
 METRICS = ("dice_white_matter", "dice_gray_matter")
 METRICS_FILE = "reports/metrics.json"
 
 
-class ExperimentsError(Exception):
+class ExperimentsError(MrisegError):
     """No experiment to compare, or dvc could not list them."""
 
 
@@ -30,6 +32,14 @@ def dvc_exp_show(all_commits=False, cwd="."):
         last = (r.stderr.strip().splitlines() or ["no message"])[-1]
         raise ExperimentsError(f"{Path(cwd).resolve()}: dvc exp show failed: {last}")
     return json.loads(r.stdout)
+
+
+def read_saved_show(path):
+    """A `dvc exp show --json` saved to a file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ExperimentsError(f"{path}: cannot read a saved `dvc exp show --json` ({e})") from None
 
 
 def flatten(tree, prefix=""):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .errors import MrisegError
 from .io import atomic_path
 from .sample import build_sample_archive
 
@@ -24,7 +25,7 @@ TIMEOUT_S = 60
 CHUNK = 1 << 20
 
 
-class FetchError(RuntimeError):
+class FetchError(MrisegError):
     """One line naming the source and what is wrong."""
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18
-
 from . import first_line
+from .errors import MrisegError
+from .params import MODELS
 
 NUM_CLASSES = 3  # 0 = white matter, 1 = gray matter, 2 = background
 
@@ -69,12 +69,14 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-class PretrainedWeightsUnavailable(RuntimeError):
+class PretrainedWeightsUnavailable(MrisegError):
     pass
 
 
 def imagenet_resnet18():
     """ResNet18 with ImageNet weights through torchvision's weights API (cached under TORCH_HOME)."""
+    from torchvision.models import ResNet18_Weights, resnet18
+
     weights = ResNet18_Weights.IMAGENET1K_V1
     try:
         return resnet18(weights=weights)
@@ -91,6 +93,8 @@ class UNetResNet(nn.Module):
 
     def __init__(self, in_channels=1, num_classes=NUM_CLASSES, pretrained=False, stem_init="random"):
         super().__init__()
+        from torchvision.models import resnet18  # imported here: a 2-3 s start that only the ResNet needs
+
         encoder = imagenet_resnet18() if pretrained else resnet18(weights=None)
         rgb_conv1 = encoder.conv1.weight.detach()
         encoder.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
@@ -119,9 +123,6 @@ class UNetResNet(nn.Module):
         y = self.up3(y, x1)
         y = pad_to(self.final_up(y), x)  # the input only gives the target size
         return self.head(self.final_conv(y))
-
-
-MODELS = ("unet", "resnet")
 
 
 def build_model(name, pretrained=False, stem_init="random", in_channels=1, width=16):
@@ -161,7 +162,7 @@ def count_parameters(model):
 SHIPPED_MODEL = Path(__file__).resolve().parent / "shipped" / "ibsr18-3views.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MrisegError):
     pass
 
 

@@ -3,10 +3,11 @@ from pathlib import Path
 
 import yaml
 
-from .make_archive import SourceError, parse_labels
-from .models import MODELS
+from .errors import ParamsError
+from .labels import SourceError, parse_labels
 from .volumes import VIEWS
 
+MODELS = ("unet", "resnet")  # models.build_model builds each
 CHOICES = {
     "split.by": ("auto", "subject", "slice"),
     "train.device": ("auto", "cpu", "cuda"),
@@ -22,16 +23,16 @@ def load_params(path="params.yaml"):
     try:
         params = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
-        raise SystemExit(f"{path}: cannot read parameters ({e})") from None
+        raise ParamsError(f"{path}: cannot read parameters ({e})") from None
     if not isinstance(params, dict):
-        raise SystemExit(f"{path}: expected a mapping of parameters")
+        raise ParamsError(f"{path}: expected a mapping of parameters")
     if params.get("model") not in MODELS:
-        raise SystemExit(f"{path}: model must be one of {MODELS}, got {params.get('model')!r}")
+        raise ParamsError(f"{path}: model must be one of {MODELS}, got {params.get('model')!r}")
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = params.get(section, {}).get(name)
         if value is not None and value not in allowed:
-            raise SystemExit(f"{path}: {key} must be one of {allowed}, got {value!r}")
+            raise ParamsError(f"{path}: {key} must be one of {allowed}, got {value!r}")
     whole = lambda v: isinstance(v, int) and v >= 0
     number = lambda v: isinstance(v, (int, float)) and v >= 0
     check_value(params, path, "train.context", 0, whole, "a whole number >= 0", "neighbouring slices each side")
@@ -56,7 +57,7 @@ def load_params(path="params.yaml"):
     try:
         parse_labels(str(labels))
     except SourceError as e:
-        raise SystemExit(f"{path}: data.labels: {e}") from None
+        raise ParamsError(f"{path}: data.labels: {e}") from None
     return params
 
 
@@ -64,21 +65,21 @@ def check_views(params, path):
     """views: a mapping of planes to changes of train settings; aggregate.weights: a number >= 0 per view."""
     views = params.setdefault("views", {"axial": {}})
     if not isinstance(views, dict) or not views or any(v not in VIEWS for v in views):
-        raise SystemExit(f"{path}: views must map one or more of {VIEWS} to their changes of train ({{}} for "
+        raise ParamsError(f"{path}: views must map one or more of {VIEWS} to their changes of train ({{}} for "
                          f"none), got {views!r}")
     for view, changes in views.items():
         if changes is not None and not isinstance(changes, dict):
-            raise SystemExit(f"{path}: views.{view} must be a mapping of train settings ({{}} for none), "
+            raise ParamsError(f"{path}: views.{view} must be a mapping of train settings ({{}} for none), "
                              f"got {changes!r}")
         unknown = sorted(set(changes or {}) - set(params.get("train", {})))
         if unknown:
-            raise SystemExit(f"{path}: views.{view}.{unknown[0]}: not a train setting")
+            raise ParamsError(f"{path}: views.{view}.{unknown[0]}: not a train setting")
     weights = params.setdefault("aggregate", {}).setdefault("weights", {})
     bad = weights if not isinstance(weights, dict) else {
         v: w for v, w in weights.items()
         if v not in VIEWS or isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0}
     if bad:
-        raise SystemExit(f"{path}: aggregate.weights must map views to numbers >= 0, got {bad!r}")
+        raise ParamsError(f"{path}: aggregate.weights must map views to numbers >= 0, got {bad!r}")
 
 
 def check_value(params, path, key, default, is_valid, requirement, meaning):
@@ -86,4 +87,4 @@ def check_value(params, path, key, default, is_valid, requirement, meaning):
     section, name = key.split(".")
     value = params.get(section, {}).get(name, default)
     if isinstance(value, bool) or not is_valid(value):  # YAML's true/false are ints to Python
-        raise SystemExit(f"{path}: {key} must be {requirement} ({meaning}), got {value!r}")
+        raise ParamsError(f"{path}: {key} must be {requirement} ({meaning}), got {value!r}")

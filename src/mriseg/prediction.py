@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from . import first_line
+from .errors import MrisegError
 
 from .devices import autocast, barrier, join_processes, launched, leave_processes, pick_device
 
@@ -39,7 +40,7 @@ def predict_probabilities(model, x, device, activation, amp=True, batch_size=32)
     return torch.cat(out).numpy() if out else np.zeros((0, 3) + tuple(x.shape[2:]), np.float32)
 
 
-class InputError(ValueError):
+class InputError(MrisegError):
     """A bad input file; one line naming it."""
 
 
@@ -69,7 +70,8 @@ def expand_inputs(inputs, skip_labels=False):
     volumes of make-archive's pairing rules when skip_labels), the mri/norm.mgz of FreeSurfer subject
     folders (the folder itself, or its sub-folders) as make-archive finds them, and a BIDS dataset's
     sub-*/[ses-*/]anat/*_T1w.nii[.gz]."""
-    from .make_archive import freesurfer_images, is_label_file
+    from .labels import is_label_file
+    from .scans import freesurfer_images
     from .volumes import is_volume
 
     files = []
@@ -129,7 +131,7 @@ def display_name(path):
 def compare_with_reference(pred, image_path, img3, labels, voxel_ml):
     """Manual volumes (ml), Dice and volume error of the prediction against the label volume(s) beside the
     image: the evaluate stage's per-subject scores."""
-    from .make_archive import label_paths_of, load_labels
+    from .labels import label_paths_of, load_labels
     from .metrics import confusion_of, subject_scores
 
     refs = label_paths_of(image_path, labels)
@@ -284,9 +286,9 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
     from tqdm import tqdm
 
     from .io import atomic_path
-    from .make_archive import SourceError, parse_labels
+    from .labels import SourceError, parse_labels
     from .reporting import plot_overlay
-    from .volumes import VolumeError, is_volume, volume_stem
+    from .volumes import is_volume, volume_stem
 
     try:
         labels = parse_labels(labels) if labels else None
@@ -351,7 +353,7 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
                 plot_overlay(image, pred, out_dir / f"{stem}_overlay.png", title=display_name(path))
             else:
                 raise InputError(f"{path}: unsupported input (use .npy slices or .nii/.nii.gz/.mgz volumes)")
-        except (InputError, VolumeError, SourceError) as e:
+        except MrisegError as e:  # this input is bad: say so, go on with the others
             failed += 1
             log(f"predict: error: {e}")
             continue

@@ -17,6 +17,7 @@ from . import CLASS_NAMES
 from .data import Feed
 from .devices import (autocast, broadcast_from_rank0, describe_device, gather_over_ranks, join_processes,
                       leave_processes, rank_and_world, sum_over_ranks, use_all_cores)
+from .errors import ParamsError
 from .evaluation import evaluate
 from .io import atomic_path, save_torch
 from .metrics import NUM_CLASSES, class_logits, compute_loss, confusion_matrix, scores, tutorial_iou
@@ -28,7 +29,7 @@ TUTORIAL_RECIPE = {"lr": 3e-4, "batch_size": 16, "loss": "bce", "augment": False
                    "stem_init": "random", "context": 0, "flip_tta": False, "width": 16}
 
 
-class SettingsError(ValueError):
+class SettingsError(ParamsError):
     """train settings that cannot work with this data or this number of processes."""
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 
 from . import first_line
+from .errors import MrisegError
 
 # The rule recorded in every archive and checkpoint: each volume on its own, robust percentiles of
 # its non-zero voxels mapped to [0, 1], then clipped. Robust to scanner scale and to bright outliers.
@@ -107,7 +108,7 @@ def crop_to_foreground(volume, affine, margin=CROP_MARGIN):
     return volume[box], shifted, box
 
 
-class VolumeError(ValueError):
+class VolumeError(MrisegError):
     """An unreadable or unusable volume; one line naming the file."""
 
 

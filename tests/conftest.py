@@ -91,9 +91,26 @@ def _quiet_env(monkeypatch):
 NORM = {"method": "percentile", "low": 0.5, "high": 99.5}
 
 
-def mriseg(*args, cwd=None):
-    """The mriseg command line, as a user runs it."""
+def mriseg_console(*args, cwd=None):
+    """The mriseg command line as a user runs it: a new process (each test file keeps one such run per command)."""
     return subprocess.run([sys.executable, "-m", "mriseg", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def mriseg(*args, cwd=None):
+    """The mriseg command line run in this process (cli.main, the console script's function), without the 3-5 s
+    a new process takes to import torch: exit code, stdout and stderr as mriseg_console gives them."""
+    import contextlib
+    import io
+
+    from mriseg import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(cwd or "."):
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+    return subprocess.CompletedProcess(["mriseg", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,10 @@ import time
 
 import pandas as pd
 import pytest
-import torch
 
 from conftest import make_project, make_tiny_archive, run, set_params
 
+pytestmark = pytest.mark.slow  # two gloo processes per run, about a minute each on 2 cores
 EPOCHS = 6
 
 
@@ -99,18 +99,6 @@ def test_bad_process_settings_fail_in_one_line(project, params, message):
     assert message in r.stderr + r.stdout
     assert not (project / "models/resume/axial.pt").exists()
     set_params(project, {"train.processes": 1, "train.batch_size": 4})
-
-
-def test_each_process_takes_its_share_of_every_global_batch():
-    from mriseg.training import share_of_batches
-
-    order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
-    shares = [share_of_batches(order, 4, rank, 2) for rank in range(2)]
-    assert [len(s) for s in shares] == [6, 6]  # 3 global batches of 4, the last filled up from the start
-    padded = torch.cat([order, order[:2]])
-    for k in range(3):  # the k-th step of both processes together is the k-th global batch
-        assert sorted(torch.cat([s[2 * k:2 * k + 2] for s in shares]).tolist()) == sorted(padded[4 * k:4 * k + 4].tolist())
-    assert torch.equal(share_of_batches(order, 4, 0, 1), order), "one process: the order as it is"
 
 
 def test_changing_processes_reruns_only_training_and_what_follows(project):

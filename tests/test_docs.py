@@ -43,12 +43,13 @@ def quick_start_commands():
     return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def test_quick_start_test_command_is_what_ci_runs():
+def test_ci_runs_the_quick_start_test_command_then_the_slow_tier():
     commands = quick_start_commands()
     assert len(commands) == 2 and commands[0] == "pip install -e . && dvc repro"
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
           if line.strip() and not line.startswith(("#", "set ", "cd "))]
-    assert ci == [commands[1]]
+    assert ci == [commands[1], "python -m pytest -q -m slow"]
+    assert "python -m pytest -q -m slow" in (ROOT / "README.md").read_text(), "the README says how to run it"
 
 
 def test_evidence_files_of_the_benchmark_pages_exist():

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import torch
 
-from conftest import NORM, mriseg, synthetic_pair
+from conftest import NORM, mriseg, mriseg_console, synthetic_pair
 from mriseg.archive import write_archive
 from mriseg.evaluation import score
 from mriseg.models import load_checkpoint
@@ -27,7 +27,7 @@ def subject_archive(path, subjects=("a", "b"), n=10, seed=5, metadata=None, name
 def test_scores_overall_and_per_subject_like_the_evaluate_stage(checkpoint, tmp_path):
     pairs = subject_archive(tmp_path / "heldout.zip", metadata={"axis": "coronal", "normalization": NORM,
                                                                  "pixel_size_mm": [1.0, 1.0]})
-    r = mriseg("evaluate", tmp_path / "heldout.zip", "--model", checkpoint, "--out", tmp_path / "scores.json",
+    r = mriseg_console("evaluate", tmp_path / "heldout.zip", "--model", checkpoint, "--out", tmp_path / "scores.json",
                "--batch-size", "8")
     assert r.returncode == 0, r.stderr
     assert "axis coronal (model: axial)" in r.stderr  # trained on other slices: said, not refused

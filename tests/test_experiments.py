@@ -6,7 +6,7 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT, cohort_zip, make_project, mriseg, run
+from conftest import ROOT, cohort_zip, make_project, mriseg, mriseg_console, run
 from mriseg.experiments import ExperimentsError, compare, finished_experiments, markdown, split_views
 
 
@@ -89,7 +89,7 @@ def test_compare_views_pairs_each_view_alone_with_the_aggregate_of_its_run(tmp_p
     assert groups["scored=axial alone"]["scores"]["dice_gray_matter"] == pytest.approx((0.93, 0.0))
     assert "| f2 | scored=axial alone | 2 | 0 | 0.9000 | 0.9300 |" in markdown(result)
     (tmp_path / "show.json").write_text(json.dumps(show(*runs)))
-    out = mriseg("compare", "--json", tmp_path / "show.json", "--views", "--baseline", "scored=coronal alone")
+    out = mriseg_console("compare", "--json", tmp_path / "show.json", "--views", "--baseline", "scored=coronal alone")
     assert out.returncode == 0 and "| scored=aggregate | 3 |" in out.stdout and "(3/3)" in out.stdout, out.stderr
     out = mriseg("compare", "--json", tmp_path / "show.json", "--views", "--where", "split.fold=2")
     assert out.returncode == 0 and "| scored=aggregate | 1 |" in out.stdout and "| f1 |" not in out.stdout
@@ -125,6 +125,7 @@ def test_dvc_yaml_declares_the_model_artifact_and_its_plots(tmp_path):
     assert titles == ["Loss", "IoU", "Dice white matter", "Dice gray matter"]
 
 
+@pytest.mark.slow
 def test_cross_validation_queued_and_compared(tmp_path):
     """Three folds of a three-subject cohort (the sample has two subjects) through DVC's own queue."""
     archive = cohort_zip(tmp_path / "cohort.zip", subjects=["s01", "s02", "s03"], shape=(24, 28, 20))

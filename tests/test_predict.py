@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import NORM, SHARED_IBSR, mriseg, synthetic_pair
+from conftest import NORM, SHARED_IBSR, mriseg, mriseg_console, synthetic_pair
 
 def synthetic_volume(path, zooms=(1.0, 1.0, 2.0), frames=1, flip_x=True):
     """An ellipsoid 'brain' (white matter core, gray matter shell) at 1 mm in-plane, LAS when flip_x."""
@@ -27,7 +27,7 @@ def synthetic_volume(path, zooms=(1.0, 1.0, 2.0), frames=1, flip_x=True):
 
 def test_volume_mask_keeps_the_input_grid_and_volumes_add_up(checkpoint, tmp_path):
     truth, affine = synthetic_volume(tmp_path / "sub01.nii.gz")
-    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out", tmp_path / "sub01.nii.gz")
+    r = mriseg_console("predict", "--model", checkpoint, "--out", tmp_path / "out", tmp_path / "sub01.nii.gz")
     assert r.returncode == 0, r.stderr
     mask_img = nib.load(tmp_path / "out" / "sub01_mask.nii.gz")
     assert mask_img.shape == (40, 48, 10, 1) and np.allclose(mask_img.affine, affine)

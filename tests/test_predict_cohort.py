@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from conftest import mriseg
 from test_predict import synthetic_volume
@@ -74,6 +75,7 @@ def test_parts_of_a_job_array_merge_in_input_order(checkpoint, tmp_path):
     good_rows_in_order(out, inputs)
 
 
+@pytest.mark.slow
 def test_two_torchrun_processes_segment_each_input_once(checkpoint, tmp_path):
     inputs = inputs_with_a_bad_one(tmp_path / "in")
     out = tmp_path / "out"

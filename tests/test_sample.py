@@ -4,6 +4,7 @@ import zipfile
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from mriseg.cohort import holds_volumes, prepare_cohort
 from mriseg.sample import BLOCK, build_sample_archive, labels_from_probabilities
@@ -40,6 +41,7 @@ def test_sample_is_a_deterministic_cohort_of_two_labelled_volumes(tmp_path):
     assert meta["subjects"]["mni152-warped"]["shape"] != list(image.shape)  # its working grid cuts it anew
 
 
+@pytest.mark.slow
 def test_default_pipeline_on_the_sample(tmp_path):
     """The README's `dvc repro`, defaults untouched: three views of mriseg's UNet recipe on the MNI152 sample,
     the warped subject held out and scored in 3-D, aggregate and each view alone."""

@@ -1,6 +1,7 @@
 """The model shipped with the package: `mriseg predict` with no --model segments a T1 volume."""
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 
 from mriseg.metrics import confusion_of, subject_scores
@@ -17,6 +18,7 @@ def test_shipped_model_is_small_and_loads_with_weights_only():
     assert (SHIPPED_MODEL.parent / "MODEL.md").read_text().count("IBSR") >= 2  # the card and its attribution
 
 
+@pytest.mark.slow  # three networks over a whole 1 mm brain: about 30 s on 2 cores
 def test_predict_without_model_segments_the_mni152_template(tmp_path):
     """The skull-stripped MNI152 2009 template (nilearn's wheel; no IBSR subject) against its own tissue
     maps, each voxel's most probable class: the shipped model is the default of `mriseg predict`."""

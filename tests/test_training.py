@@ -13,6 +13,7 @@ import torch
 from mriseg.models import FlipAveraged, UNet, load_checkpoint
 from mriseg.params import load_params
 from mriseg.data import Feed
+from mriseg.errors import ParamsError
 from mriseg.evaluation import evaluate
 from mriseg.metrics import compute_loss
 from mriseg.training import augment, read_timing, train
@@ -121,7 +122,7 @@ def test_bias_field_scales_intensities_smoothly_and_leaves_geometry_alone():
 @pytest.mark.parametrize("value", [-0.1, "strong", True, 9])
 def test_bad_bias_field_is_one_clear_line(tmp_path, value):
     (tmp_path / "params.yaml").write_text(f"model: unet\ntrain:\n  bias_field: {value}\n")
-    with pytest.raises(SystemExit, match=r"params.yaml: train.bias_field must be a number from 0 to 5 .*got"):
+    with pytest.raises(ParamsError, match=r"params.yaml: train.bias_field must be a number from 0 to 5 .*got"):
         load_params(tmp_path / "params.yaml")
 
 
@@ -181,7 +182,7 @@ def test_checkpoint_rebuilds_the_trained_width(tmp_path):
                                                  ("width", "wide", 1), ("context", -1, 0), ("context", 1.0, 0)])
 def test_bad_whole_number_is_one_clear_line(tmp_path, key, value, minimum):
     (tmp_path / "params.yaml").write_text(f"model: unet\ntrain:\n  {key}: {value}\n")
-    with pytest.raises(SystemExit, match=rf"params.yaml: train.{key} must be a whole number >= {minimum} .*got"):
+    with pytest.raises(ParamsError, match=rf"params.yaml: train.{key} must be a whole number >= {minimum} .*got"):
         load_params(tmp_path / "params.yaml")
 
 
@@ -194,6 +195,7 @@ def test_flip_tta_checkpoint_predicts_as_its_epochs_were_scored(tmp_path):
     assert r["loss"] == pytest.approx(ckpt["history"][-1]["test_loss"], abs=1e-5)
 
 
+@pytest.mark.slow  # compiling the model takes about a minute on 2 cores
 def test_compile_matches_eager(tmp_path):
     """torch.compile (train.compile) changes speed, not results: same seed, Dice within TOLERANCE."""
     compiled = run_train(tmp_path, "compiled", epochs=2, compile=True)["history"][-1]
@@ -229,3 +231,15 @@ def test_resume_file_of_the_last_epoch_only_writes_the_checkpoint(tmp_path, caps
     assert "after epoch 2/2" in out and "epoch 1/2 " not in out, "no epoch may be trained again"
     assert (ckpt["history"]) == (straight["history"])
     assert not state_path.exists()
+
+
+def test_each_process_takes_its_share_of_every_global_batch():
+    from mriseg.training import share_of_batches
+
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
+    shares = [share_of_batches(order, 4, rank, 2) for rank in range(2)]
+    assert [len(s) for s in shares] == [6, 6]  # 3 global batches of 4, the last filled up from the start
+    padded = torch.cat([order, order[:2]])
+    for k in range(3):  # the k-th step of both processes together is the k-th global batch
+        assert sorted(torch.cat([s[2 * k:2 * k + 2] for s in shares]).tolist()) == sorted(padded[4 * k:4 * k + 4].tolist())
+    assert torch.equal(share_of_batches(order, 4, 0, 1), order), "one process: the order as it is"

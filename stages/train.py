@@ -17,7 +17,7 @@ from mriseg.devices import DistributedError, launched, usable_cores
 from mriseg.errors import DataError, stage_error
 from mriseg.manifest import archive_metadata, archive_views, data_id, read_manifest, usable_context
 from mriseg.params import load_params
-from mriseg.training import resolve_recipe, train
+from mriseg.training import train, view_settings
 from mriseg.volumes import LEFT_RIGHT_VIEWS
 
 
@@ -43,7 +43,7 @@ def launch(processes, device, view):
 
 def main(view):
     params = load_params()
-    cfg = resolve_recipe({**params["train"], **(params["views"][view] or {})})
+    cfg = view_settings(params, view)
     if cfg.get("processes", 1) > 1 and launched()[1] == 1:
         return launch(cfg["processes"], cfg["device"], view)
     lead = launched()[0] == 0

@@ -123,6 +123,16 @@ def test_one_bad_input_does_not_stop_the_others(checkpoint, tmp_path):
     assert list(pd.read_csv(tmp_path / "out" / "volumes.csv")["file"]) == [str(tmp_path / "good.nii.gz")]
 
 
+def test_an_absent_device_is_exit_2_in_one_line_and_writes_nothing(checkpoint, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible: --device cuda is not absent here")
+    synthetic_volume(tmp_path / "scan.nii.gz")
+    r = mriseg("predict", "--model", checkpoint, "--device", "cuda", "--out", tmp_path / "out", tmp_path / "scan.nii.gz")
+    assert r.returncode == 2 and r.stderr.strip() == "predict: error: --device=cuda, but no CUDA GPU is visible " \
+        "(use auto or cpu)", r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_checkpoint_and_empty_input_errors(checkpoint, tmp_path):
     r = mriseg("predict", "--model", tmp_path / "nope.pt", "--out", tmp_path / "o", checkpoint)
     assert r.returncode == 2 and "nope.pt: no such checkpoint" in r.stderr

@@ -16,7 +16,7 @@ from mriseg.data import Feed
 from mriseg.errors import ParamsError
 from mriseg.evaluation import evaluate
 from mriseg.metrics import compute_loss
-from mriseg.training import augment, read_timing, train
+from mriseg.training import augment, read_resume, read_timing, resolve_recipe, synchronised_batchnorm, train, view_settings
 from conftest import synthetic_pair
 
 CFG = {"epochs": 4, "batch_size": 8, "lr": 3e-3, "pretrained": False, "stem_init": "random", "loss": "bce",
@@ -38,7 +38,7 @@ CPU = torch.device("cpu")
 
 
 def run_train(tmp_path, name="run", model="unet", timing_path=None, **over):
-    cfg = {**CFG, **over}
+    cfg = resolve_recipe({**CFG, **over})
     return train(cfg, model, dataset(TRAIN), {"test": dataset(TEST)}, tmp_path / f"{name}.pt",
                  tmp_path / f"{name}.resume.pt", timing_path=timing_path,
                  extra={"axis": "axial", "normalization": {"method": "percentile", "low": 0.5, "high": 99.5}})
@@ -243,3 +243,43 @@ def test_each_process_takes_its_share_of_every_global_batch():
     for k in range(3):  # the k-th step of both processes together is the k-th global batch
         assert sorted(torch.cat([s[2 * k:2 * k + 2] for s in shares]).tolist()) == sorted(padded[4 * k:4 * k + 4].tolist())
     assert torch.equal(share_of_batches(order, 4, 0, 1), order), "one process: the order as it is"
+
+
+def test_a_views_own_change_wins_over_the_tutorial_recipe():
+    params = {"train": {**CFG, "recipe": "tutorial", "lr": 0.01}, "views": {"axial": {"lr": 0.002}, "coronal": {}}}
+    assert view_settings(params, "axial")["lr"] == 0.002  # the view's change, not the recipe's 3e-4
+    assert view_settings(params, "coronal")["lr"] == 3e-4 and view_settings(params, "coronal")["batch_size"] == 16
+
+
+def test_batchnorm_is_synchronised_over_gpus_and_keeps_the_checkpoint_layout():
+    model = UNet(3, width=8)
+    keys = list(model.state_dict())
+    assert synchronised_batchnorm(model, CPU) is model  # SyncBatchNorm runs on GPUs only
+    synced = synchronised_batchnorm(model, torch.device("cuda", 0))  # converting needs no GPU
+    layers = [m for m in synced.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert layers and all(isinstance(m, torch.nn.SyncBatchNorm) for m in layers)
+    assert list(synced.state_dict()) == keys
+
+
+def resume_in_process(rank, world, port, paths, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    state = read_resume(paths[rank], "fp", 8)
+    torch.save({"epoch": state["epoch"] if state else None}, f"{out}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+def test_every_process_resumes_from_rank_zeros_file(tmp_path):
+    """Two gloo processes; only rank 0's disk holds the resume file (another machine's rank sees none):
+    both resume from it, so none starts over with fresh weights while the others carry on."""
+    import socket
+
+    torch.save({"fingerprint": "fp", "epoch": 3}, tmp_path / "resume.pt")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    paths = [str(tmp_path / "resume.pt"), str(tmp_path / "absent.pt")]
+    torch.multiprocessing.spawn(resume_in_process, args=(2, port, paths, str(tmp_path / "seen")), nprocs=2)
+    assert [torch.load(tmp_path / f"seen.{r}", weights_only=True)["epoch"] for r in range(2)] == [3, 3]
+    assert read_resume(tmp_path / "resume.pt", "other settings", 8) is None
+

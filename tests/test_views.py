@@ -103,3 +103,16 @@ def test_predict_takes_a_bundle_and_a_single_view(views, tmp_path):
         r = mriseg("predict", "--model", model, "--out", tmp_path / model.stem, "--device", "cpu", tmp_path / "scan.nii.gz")
         assert r.returncode == 0, r.stderr
         assert nib.load(tmp_path / model.stem / "scan_mask.nii.gz").shape == image.shape
+
+
+def test_a_lone_slice_goes_to_a_one_view_model_normalised_never_to_a_bundle(views, tmp_path):
+    bundle_views({v: views / f"{v}.pt" for v in VIEWS}, {}, tmp_path / "m.pt")
+    np.save(tmp_path / "slice.npy", test_training.TEST[0][0, 0].numpy())
+    np.save(tmp_path / "raw.npy", test_training.TEST[0][0, 0].numpy() * 180 + 20)  # a scanner's intensities
+    r = mriseg("predict", "--model", tmp_path / "m.pt", "--out", tmp_path / "bundle", tmp_path / "slice.npy")
+    assert r.returncode == 1 and "slice.npy: a lone slice has no plane" in r.stderr, r.stderr
+    r = mriseg("predict", "--model", views / "axial.pt", "--out", tmp_path / "one", tmp_path / "slice.npy",
+               tmp_path / "raw.npy")
+    assert r.returncode == 0, r.stderr
+    scaled, raw = np.load(tmp_path / "one" / "slice_mask.npy"), np.load(tmp_path / "one" / "raw_mask.npy")
+    assert (scaled == raw).mean() > 0.95  # raw intensities scaled as the training slices were

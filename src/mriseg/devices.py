@@ -135,6 +135,15 @@ def broadcast_from_rank0(tensors):
             dist.broadcast(t, src=0)
 
 
+def broadcast_object(obj):
+    """Rank 0's obj (any picklable object, tensors kept on the CPU) on every process (obj in a single process)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def gather_over_ranks(obj):
     """[obj of rank 0, obj of rank 1, ...] on every rank ([obj] in a single process)."""
     if not dist.is_initialized():

@@ -288,7 +288,7 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
     from .io import atomic_path
     from .labels import SourceError, parse_labels
     from .reporting import plot_overlay
-    from .volumes import is_volume, volume_stem
+    from .volumes import is_volume, normalize_volume, volume_stem
 
     try:
         labels = parse_labels(labels) if labels else None
@@ -338,7 +338,13 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
                 pick = brain_slices(shown_labels)
                 plot_overlay(shown[pick], shown_labels[pick], out_dir / f"{stem}_overlay.png", title=display_name(path))
             elif path.suffix == ".npy":
+                if len(predictor.views) > 1:
+                    raise InputError(f"{path}: a lone slice has no plane, and {checkpoint} holds the views "
+                                     f"{', '.join(v.name for v in predictor.views)}: segment the volume, or give "
+                                     "--model one view's checkpoint (models/views/<view>.pt)")
                 image = load_slice(path)
+                if image.min() < 0 or image.max() > 1:  # raw intensities: scaled by the rule of the training slices
+                    image = normalize_volume(image, predictor.ckpt["normalization"])
                 pred = predictor.labels(image[None])[0]
                 with atomic_path(out_dir / f"{stem}_mask.npy") as tmp:
                     with open(tmp, "wb") as f:

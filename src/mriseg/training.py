@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 from . import CLASS_NAMES
 from .data import Feed
-from .devices import (autocast, broadcast_from_rank0, describe_device, gather_over_ranks, join_processes,
-                      leave_processes, rank_and_world, sum_over_ranks, use_all_cores)
+from .devices import (autocast, broadcast_from_rank0, broadcast_object, describe_device, gather_over_ranks,
+                      join_processes, leave_processes, rank_and_world, sum_over_ranks, use_all_cores)
 from .errors import ParamsError
 from .evaluation import evaluate
 from .io import atomic_path, save_torch
@@ -130,15 +130,91 @@ def data_fingerprint(config, data_id):
     return hashlib.sha256(json.dumps({"config": config, "data": data_id}, sort_keys=True).encode()).hexdigest()
 
 
+def view_settings(params, view):
+    """The settings one view trains with: params.yaml's `train`, with `train.recipe` applied, then the view's
+    own changes (`views.<view>`) on top, so that a per-view change wins even over the tutorial recipe."""
+    return {**resolve_recipe(params["train"]), **(params["views"].get(view) or {})}
+
+
+def for_processes(model, device, world):
+    """The model as several processes train it: BatchNorm synchronised over them on GPUs, so that it normalises
+    the global batch (SyncBatchNorm runs on GPUs only: on the CPU each process normalises its own share), then
+    DistributedDataParallel, which averages the gradients. One process: the model as it is."""
+    if world == 1:
+        return model
+    model = synchronised_batchnorm(model, device)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def synchronised_batchnorm(model, device):
+    """On GPUs, the model's BatchNorm layers as SyncBatchNorm (in place; same parameters, buffers and state_dict
+    keys, so a checkpoint loads into the plain model)."""
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else model
+
+
+def read_resume(path, fingerprint, epochs):
+    """The resume file's state when it belongs to this training (same settings and data), else None. Under
+    several processes only rank 0 reads it (its disk is the one written to) and every process gets its copy,
+    so all of them resume from the same epoch, or none does."""
+    state = None
+    if rank_and_world()[0] == 0 and Path(path).exists():
+        # RNG states must stay on the CPU; the optimizer state follows the parameters on load.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") != fingerprint or state["epoch"] > epochs:
+            state = None
+    return broadcast_object(state)
+
+
+def open_live(live_dir, history):
+    """DVCLive for rank 0. Always a fresh log: a resumed run replays its history first, so the curves hold each
+    epoch exactly once, even when the kill fell between logging an epoch and saving its resume file."""
+    from dvclive import Live
+
+    live = Live(live_dir, resume=False, dvcyaml=None, save_dvc_exp=False)
+    for row in history:
+        log_epoch(live, row)
+    return live
+
+
+def train_epoch(step_model, feed, order, opt, cfg, augment_gen, mirror, device, loss_name, activation, desc, show):
+    """One pass over this process's share of the shuffled training items: {'train_loss', 'train_iou', ...}
+    summed over every process, and the number of items seen."""
+    amp, batch_size = cfg.get("amp", True), feed.batches.batch_size
+    step_model.train()
+    total_loss = torch.zeros((), device=device)
+    total_iou = torch.zeros((), device=device)
+    cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long, device=device)
+    for xb, yb in tqdm(feed(order), total=math.ceil(len(order) / batch_size), unit="batch", desc=desc, leave=False,
+                       disable=not show):
+        if cfg.get("augment"):
+            xb, yb = augment(xb, yb, augment_gen, cfg.get("bias_field", 0.0), flip=mirror)
+        with autocast(device, amp):
+            logits = step_model(xb).float()
+        loss = compute_loss(loss_name, logits, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        # Running sums stay on the device: no host synchronisation inside the epoch.
+        with torch.no_grad():
+            total_loss += loss.detach() * len(xb)
+            total_iou += tutorial_iou(class_logits(logits.detach(), activation), yb)
+            cm += confusion_matrix(logits.detach(), yb)
+    batches = torch.tensor(math.ceil(len(order) / batch_size), device=device)
+    seen = torch.tensor(len(order), device=device)
+    sum_over_ranks(total_loss, total_iou, cm, batches, seen)
+    return {"train_loss": float(total_loss) / int(seen), "train_iou": float(total_iou) / int(batches),
+            **{f"train_{k}": v for k, v in scores(cm.cpu()).items()}}, int(seen)
+
+
 def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir=None, eval_batch_size=32,
           extra=None, data_id="", mirror=True, timing_path=None, artifact=None):
-    """Train `model_name` with params.yaml's `train` section `cfg`.
+    """Train `model_name` with the settings `cfg` (params.yaml's `train`, recipe applied: view_settings).
 
     train_set: a Dataset of (image [C,H,W] float32, mask [H,W] uint8), all of one shape (data.SliceDataset).
     eval_sets: {"test": dataset, "val": ...}, scored after every epoch; the best epoch is chosen on "val"
     when there is one, else the last one. Every epoch ends with a resume file; rerun with the same data
-    (data_id: see data.data_id) and params and training carries on from there. Per-epoch metrics go to
-    DVCLive in live_dir. Writes the checkpoint to out_path. mirror: the slices' columns run left-right
+    (data_id: see manifest.data_id) and settings and training carries on from there. Per-epoch metrics go
+    to DVCLive in live_dir. Writes the checkpoint to out_path. mirror: the slices' columns run left-right
     (axial, coronal), so flips in augmentation and train.flip_tta give plausible brains; off for sagittal.
     artifact: DVCLive's log_artifact arguments (name, desc, labels) for the checkpoint, when live_dir is set.
     Wall-clock times go to timing_path (TSV: epoch, seconds, images_per_s) and nowhere else, so that a
@@ -147,10 +223,9 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     Under torchrun (several processes: DistributedDataParallel, NCCL on CUDA, gloo on the CPU),
     train.batch_size is the global batch: each process takes its share of every global batch (the items
     DistributedSampler would give it, cut from the one permutation all processes draw) and draws its
-    own augmentation; scores are sums over the processes; rank 0 alone writes the checkpoint, the resume
-    file, DVCLive and timing, and every process resumes from that file.
+    own augmentation; scores are sums over the processes; rank 0 alone reads and writes the resume file
+    and writes the checkpoint, DVCLive and timing.
     """
-    cfg = resolve_recipe(cfg)
     use_all_cores()
     device = join_processes(cfg["device"])
     rank, world = rank_and_world()
@@ -163,36 +238,15 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     amp, channels_last = cfg.get("amp", True), cfg.get("channels_last", True)
     loss_name = cfg.get("loss", "bce")
     activation = "sigmoid" if loss_name == "bce" else "softmax"
-
     context = cfg.get("context", 0)
     channels = train_set[0][0].shape[0]
     if channels != 2 * context + 1:
         raise SettingsError(f"train.context={context} needs {2 * context + 1} input channels, the data has {channels}")
-    # Splits are held on the device while they fit the budget (train first), else streamed from disk.
-    workers, budget = loader_workers(cfg.get("workers", "auto"), device), cfg.get("device_cache_gb", 0) * 2**30
-    if workers:
-        # Loader workers are forked from this process; a collection in them would write to every object they
-        # inherited and copy ~100 MB of this heap into each. Frozen objects are never collected.
-        gc.collect()
-        gc.freeze()
-    feeds = {}
-    for split, dataset in {"train": train_set, **eval_sets}.items():
-        if len(dataset):
-            bs = cfg["batch_size"] // world if split == "train" else eval_batch_size
-            feeds[split] = Feed(dataset, bs, device, workers, budget, channels_last)
-            budget -= feeds[split].nbytes if feeds[split].cached is not None else 0
+
+    feeds = make_feeds(cfg, train_set, eval_sets, device, world, eval_batch_size, channels_last)
     model = build_model(model_name, pretrained=cfg["pretrained"], stem_init=cfg.get("stem_init", "random"),
                         in_channels=channels, width=cfg.get("width", 16))
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    compiled = torch.compile(model) if cfg.get("compile") else model
-    # DDP averages the gradients over the processes; scoring needs no synchronised forward: the bare model.
-    step_model = compiled
-    if world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        step_model = torch.compile(ddp) if cfg.get("compile") else ddp
-    # Epochs are scored (and the best one chosen) as the checkpoint will predict: with flip_tta if set.
-    flip_tta = bool(cfg.get("flip_tta")) and mirror
-    score_model = FlipAveraged(compiled, activation) if flip_tta else compiled
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     epochs = cfg["epochs"]
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if cfg.get("schedule") == "cosine"
@@ -205,64 +259,37 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     fingerprint = data_fingerprint({"model": model_name, "train": cfg, **({"processes": world} if world > 1 else {})},
                                    data_id)
     history, timing, start, best = [], [], 0, {"score": -1.0, "epoch": None, "state_dict": None}
-    resume_path = Path(resume_path)
-    if resume_path.exists():
-        # RNG states must stay on the CPU; the optimizer state follows the parameters on load.
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") == fingerprint and state["epoch"] <= epochs:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            gen.set_state(state["generator"])
-            if world > 1:
-                augment_gen.set_state(state["augment_generators"][rank])
-            torch.set_rng_state(state["torch_rng"])
-            history, start, best = state["history"], state["epoch"], state["best"]
-            timing = state.get("timing", [])
-            if lead:
-                print(f"resuming from {resume_path} after epoch {start}/{epochs}")
-    live = None
-    if live_dir is not None and lead:
-        from dvclive import Live
+    state = read_resume(resume_path, fingerprint, epochs)
+    if state is not None:  # loaded before DDP wraps the model, which starts every process from rank 0's weights
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        if world > 1:
+            augment_gen.set_state(state["augment_generators"][rank])
+        torch.set_rng_state(state["torch_rng"])
+        history, start, best, timing = state["history"], state["epoch"], state["best"], state.get("timing", [])
+        if lead:
+            print(f"resuming from {resume_path} after epoch {start}/{epochs}")
+    compiled = torch.compile(model) if cfg.get("compile") else model
+    # DDP averages the gradients over the processes; scoring needs no synchronised forward: the bare model.
+    step_model = compiled if world == 1 else for_processes(model, device, world)
+    if world > 1 and cfg.get("compile"):
+        step_model = torch.compile(step_model)
+    # Epochs are scored (and the best one chosen) as the checkpoint will predict: with flip_tta if set.
+    flip_tta = bool(cfg.get("flip_tta")) and mirror
+    score_model = FlipAveraged(compiled, activation) if flip_tta else compiled
+    live = open_live(live_dir, history) if live_dir is not None and lead else None
 
-        # Always a fresh log: a resumed run replays its history first, so the curves hold each epoch
-        # exactly once, even when the kill fell between logging an epoch and saving its resume file.
-        live = Live(live_dir, resume=False, dvcyaml=None, save_dvc_exp=False)
-        for row in history:
-            log_epoch(live, row)
-
-    feed, n = feeds["train"], len(train_set)
     for epoch in range(start, epochs):
-        step_model.train()
         t0 = time.perf_counter()
-        mine = share_of_batches(torch.randperm(n, generator=gen), cfg["batch_size"], rank, world)
-        total_loss = torch.zeros((), device=device)
-        total_iou = torch.zeros((), device=device)
-        cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long, device=device)
-        for xb, yb in tqdm(feed(mine), total=math.ceil(len(mine) / feed.batches.batch_size), unit="batch",
-                           desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not lead):
-            if cfg.get("augment"):
-                xb, yb = augment(xb, yb, augment_gen, cfg.get("bias_field", 0.0), flip=mirror)
-            with autocast(device, amp):
-                logits = step_model(xb).float()
-            loss = compute_loss(loss_name, logits, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            # Running sums stay on the device: no host synchronisation inside the epoch.
-            with torch.no_grad():
-                total_loss += loss.detach() * len(xb)
-                total_iou += tutorial_iou(class_logits(logits.detach(), activation), yb)
-                cm += confusion_matrix(logits.detach(), yb)
+        mine = share_of_batches(torch.randperm(len(train_set), generator=gen), cfg["batch_size"], rank, world)
+        sums, seen = train_epoch(step_model, feeds["train"], mine, opt, cfg, augment_gen, mirror, device, loss_name,
+                                 activation, f"epoch {epoch + 1}/{epochs}", lead)
         sched.step()
-
-        batches = torch.tensor(math.ceil(len(mine) / feed.batches.batch_size), device=device)
-        seen = torch.tensor(len(mine), device=device)
-        sum_over_ranks(total_loss, total_iou, cm, batches, seen)
-        row = {"epoch": epoch + 1, "train_loss": float(total_loss) / int(seen),
-               "train_iou": float(total_iou) / int(batches), **{f"train_{k}": v for k, v in scores(cm.cpu()).items()}}
+        row = {"epoch": epoch + 1, **sums}
         seconds = time.perf_counter() - t0  # the sums above waited for the device
-        timing.append({"epoch": epoch + 1, "seconds": seconds, "images_per_s": int(seen) / seconds})
+        timing.append({"epoch": epoch + 1, "seconds": seconds, "images_per_s": seen / seconds})
         # BatchNorm's running statistics moved with each process's last batch: score rank 0's, the ones it saves.
         broadcast_from_rank0(list(model.buffers()))
         for split in eval_sets:
@@ -276,7 +303,7 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
             continue
         print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={row[k]:.4f}" for k in row
                                                       if k.endswith(("_loss", "_iou", "_dice_gray_matter")))
-              + f" ({seconds:.1f} s, {int(seen) / seconds:.1f} images/s)")
+              + f" ({seconds:.1f} s, {seen / seconds:.1f} images/s)")
         if "val" in feeds and row["val_iou"] > best["score"]:
             best = {"score": row["val_iou"], "epoch": epoch + 1,
                     "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
@@ -300,7 +327,7 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
             "best_epoch": best["epoch"] or epochs, "history": history, "train": cfg,
             "trained_on": describe_device(device), **(extra or {})}
     save_torch(ckpt, out_path)
-    resume_path.unlink(missing_ok=True)
+    Path(resume_path).unlink(missing_ok=True)
     if live is not None:
         if artifact:
             # A pipeline output already: DVC caches it as the stage's out, DVCLive only annotates it.
@@ -308,3 +335,21 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
         live.end()
     leave_processes()
     return ckpt
+
+
+def make_feeds(cfg, train_set, eval_sets, device, world, eval_batch_size, channels_last):
+    """A Feed per non-empty split: held on the device while they fit train.device_cache_gb (train first),
+    else streamed from disk; the training split in each process's share of the global batch."""
+    workers, budget = loader_workers(cfg.get("workers", "auto"), device), cfg.get("device_cache_gb", 0) * 2**30
+    if workers:
+        # Loader workers are forked from this process; a collection in them would write to every object they
+        # inherited and copy ~100 MB of this heap into each. Frozen objects are never collected.
+        gc.collect()
+        gc.freeze()
+    feeds = {}
+    for split, dataset in {"train": train_set, **eval_sets}.items():
+        if len(dataset):
+            bs = cfg["batch_size"] // world if split == "train" else eval_batch_size
+            feeds[split] = Feed(dataset, bs, device, workers, budget, channels_last)
+            budget -= feeds[split].nbytes if feeds[split].cached is not None else 0
+    return feeds

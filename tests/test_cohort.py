@@ -127,6 +127,18 @@ def test_valid_cohort_is_prepared(tmp_path, dest, folders):
         assert hashlib.sha256((dest / rel).read_bytes()).hexdigest() == digest, rel
 
 
+def test_kept_voxels_are_no_isotropic_grid_and_predict_treats_them_as_a_cohort(tmp_path, dest):
+    from mriseg.prediction import working_grid_axis
+
+    prepare(cohort_zip(tmp_path / "a.zip", subjects=("s01", "s02"), shape=SHAPE, zooms=(1.0, 1.2, 1.4)), dest,
+            pixel_size=0)
+    meta = json.loads((dest / "mriseg.json").read_text())
+    assert meta["grid"] == "voxels" and meta["pixel_size_mm"] is None
+    for grid, axis in (("voxels", None), ("isotropic", None), ("inplane", "coronal")):  # None: cropped, 3-D
+        assert working_grid_axis({"grid": grid, "axis": "coronal"}) == axis
+    assert working_grid_axis({"axis": "coronal"}) == "coronal"  # the tutorial's archives record no grid
+
+
 def test_preparing_again_replaces_dest_and_leaves_nothing_behind(tmp_path, dest):
     prepare(cohort_zip(tmp_path / "a.zip", subjects=("s01", "s02"), shape=SHAPE), dest)
     prepare(cohort_zip(tmp_path / "b.zip", subjects=("t01",), folders=False, shape=SHAPE, seed=1), dest)

@@ -48,6 +48,19 @@ def test_compare_groups_by_differing_params_and_pairs_by_fold_and_seed():
     assert table.count("| m") == 6 and "+0.0033 ±" in table and "(4/6; seed sd 0.0000)" in table
 
 
+def test_runs_that_tested_other_subjects_are_never_paired():
+    """Another split.seed deals the subjects into other folds: fold 0 of seed 7 is not fold 0 of seed 42."""
+    runs = [cv_run(f"a{f}", "mriseg", f, 0, 0.90, 0.91) for f in range(3)]
+    other = [cv_run(f"b{f}", "mriseg", f, 0, 0.95, 0.96) for f in range(3)]
+    for r in other:
+        r["revs"][0]["data"]["params"]["params.yaml"]["data"]["split"]["seed"] = 7
+    result = compare(finished_experiments(show(*runs, *other)), baseline="split.seed=42")
+    assert result["differ"] == ["split.seed"]
+    seven = {g["group"]: g for g in result["groups"]}["split.seed=7"]
+    assert seven["runs"] == 3 and "pairs" not in seven and "gain" not in seven
+    assert "no pairs" in markdown(result)
+
+
 def test_compare_reports_the_seed_to_seed_spread_within_folds():
     runs = [cv_run(f"m{f}{s}", "mriseg", f, s, 0.90 + f / 100 + s * 0.02, 0.93) for f in range(3) for s in range(2)]
     runs += [cv_run(f"t{f}", "tutorial", f, 0, 0.90, 0.91) for f in range(3)]

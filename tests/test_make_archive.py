@@ -44,6 +44,28 @@ def ibsr_folder(tmp_path, subjects=("S1", "S2", "S3")):
     return src
 
 
+def test_slices_of_a_smaller_subject_sit_where_prediction_puts_them(tmp_path):
+    """Each slice centred in its own multiple of 16 (volumes.pad_margins), then at the top left of the archive's
+    one size: as SliceDataset pads in training and `mriseg predict` pads, never centred in the larger frame."""
+    from mriseg.volumes import pad_margins
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, shape in (("big", (60, 40, 12)), ("small", (30, 20, 12))):
+        image, labels = phantom(shape)
+        save(src / f"{name}.nii.gz", image)
+        save(src / f"{name}_seg.nii.gz", labels)
+    make_archive(src, tmp_path / "a.zip", axis="axial", pixel_size=1.0, min_tissue=10)
+    extract_archive(tmp_path / "a.zip", tmp_path / "MRIs")
+    rows = [r for r in list_pairs(tmp_path / "MRIs") if r["subject"] == "small"]
+    top, left, h, w = pad_margins(30, 30)  # 30 x 20 voxels of 1 x 1.5 mm -> 30 x 30 pixels of 1 mm
+    for r in rows:
+        mask = np.load(r["mask"])
+        assert mask.shape == (64, 64)
+        assert (mask[h:] == 2).all() and (mask[:, w:] == 2).all(), "the slice stays in its own 16-pixel frame"
+        assert (mask[top:top + 30, left:left + 30] < 2).any()
+
+
 def test_ibsr_pairs_become_a_valid_archive_with_subjects(tmp_path):
     src = ibsr_folder(tmp_path)
     n_subjects, n_slices = make_archive(src, tmp_path / "a.zip", labels="ibsr", axis="axial", pixel_size=1.0,

@@ -133,6 +133,25 @@ def test_an_absent_device_is_exit_2_in_one_line_and_writes_nothing(checkpoint, t
     assert not (tmp_path / "out").exists()
 
 
+def test_an_input_whose_overlay_fails_leaves_no_mask_and_no_row(checkpoint, tmp_path, monkeypatch):
+    from mriseg import reporting
+
+    real = reporting.plot_overlay
+
+    def full_disk_for_b(image, labels, path, title=""):
+        if path.name.startswith("b_"):
+            raise OSError(28, "No space left on device")
+        real(image, labels, path, title)
+
+    monkeypatch.setattr(reporting, "plot_overlay", full_disk_for_b)
+    for name in ("a", "b"):
+        synthetic_volume(tmp_path / f"{name}.nii.gz")
+    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out", tmp_path / "a.nii.gz", tmp_path / "b.nii.gz")
+    assert r.returncode == 1 and "b.nii.gz: [Errno 28] No space left on device" in r.stderr, r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_mask.nii.gz", "a_overlay.png", "volumes.csv"]
+    assert list(pd.read_csv(tmp_path / "out" / "volumes.csv")["file"]) == [str(tmp_path / "a.nii.gz")]
+
+
 def test_checkpoint_and_empty_input_errors(checkpoint, tmp_path):
     r = mriseg("predict", "--model", tmp_path / "nope.pt", "--out", tmp_path / "o", checkpoint)
     assert r.returncode == 2 and "nope.pt: no such checkpoint" in r.stderr
@@ -268,14 +287,14 @@ def test_freesurfer_subjects_are_named_after_the_subject_and_scored_with_aseg(ch
 
 
 def test_slices_are_centre_padded_to_a_multiple_of_16_as_in_training(checkpoint):
-    """The networks pool by up to 16 and re-pad on the left/top; make-archive centre-pads its slices to
-    multiples of 16, so predict does too (IBSR_16's 215 x 215 slices: WM Dice 0.857 unpadded, 0.916 padded)."""
+    """The networks pool by up to 16 and re-pad on the left/top; training and make-archive centre each slice in
+    its next multiple of 16 (volumes.pad_margins), so predict does too (IBSR_16's 215 x 215 slices: WM Dice 0.857 unpadded, 0.916 padded)."""
     from mriseg.prediction import Predictor, predict_labels
 
     image, mask = synthetic_pair(np.random.default_rng(4), 57, 53)
     predictor = Predictor(checkpoint, "cpu")
     padded = np.zeros((64, 64), np.float32)
-    padded[3:60, 5:58] = image  # 7 and 11 rows/columns of padding, split as make-archive's center_pad does
+    padded[3:60, 5:58] = image  # 7 and 11 rows/columns of padding, split as pad_margins splits them
     want = predict_labels(predictor.model, torch.from_numpy(padded)[None, None], torch.device("cpu"))[0, 3:60, 5:58]
     got = predictor.labels(image[None])[0]
     assert got.shape == (57, 53) and (got == want).all()

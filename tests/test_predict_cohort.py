@@ -71,6 +71,11 @@ def test_parts_of_a_job_array_merge_in_input_order(checkpoint, tmp_path):
     mixed = mriseg("predict", "--merge", "--out", other)
     assert codes == [1, 0] and mixed.returncode == 2 and "different lists of inputs (of 2 and 5" in mixed.stderr
     assert (other / "volumes.part-2-of-2.csv").exists(), "a refused merge leaves the parts as they were"
+    swapped = tmp_path / "swapped"  # as many inputs, in another order: the shares hold other inputs
+    codes = [mriseg("predict", "--model", checkpoint, "--out", swapped, "--part", "1/2", *inputs).returncode,
+             mriseg("predict", "--model", checkpoint, "--out", swapped, "--part", "2/2", *inputs[::-1]).returncode]
+    mixed = mriseg("predict", "--merge", "--out", swapped)
+    assert mixed.returncode == 2 and "different lists of inputs (of 5 each, other files or order" in mixed.stderr
     assert mriseg("predict", "--merge", "--out", out).returncode == 0
     good_rows_in_order(out, inputs)
 

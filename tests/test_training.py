@@ -16,7 +16,8 @@ from mriseg.data import Feed
 from mriseg.errors import ParamsError
 from mriseg.evaluation import evaluate
 from mriseg.metrics import compute_loss
-from mriseg.training import augment, read_resume, read_timing, resolve_recipe, synchronised_batchnorm, train, view_settings
+from mriseg.augmentation import augment
+from mriseg.training import read_resume, read_timing, resolve_recipe, synchronised_batchnorm, train, view_settings
 from conftest import synthetic_pair
 
 CFG = {"epochs": 4, "batch_size": 8, "lr": 3e-3, "pretrained": False, "stem_init": "random", "loss": "bce",

@@ -6,7 +6,7 @@ import torch
 
 from mriseg.models import CheckpointError, bundle_views, load_views, read_checkpoint
 from mriseg.prediction import Predictor
-from mriseg.training import augment
+from mriseg.augmentation import augment
 from mriseg.volumes import AXES, LEFT_RIGHT_VIEWS, VIEWS, from_slices, to_slices, view_shape, view_slice
 from conftest import NORM, mriseg, synthetic_volume
 import test_training

@@ -25,7 +25,9 @@ def predict_command(args):
     from tqdm import tqdm
 
     from .models import SHIPPED_MODEL
-    from .prediction import InputError, merge_parts, predict_files
+    from .inputs import InputError
+    from .parts import merge_parts
+    from .segment import predict_files
 
     log = lambda m: tqdm.write(m, file=sys.stderr)
     pixel = [float(v) for v in args.pixel_size.split(",")] if args.pixel_size else None

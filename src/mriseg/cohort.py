@@ -118,7 +118,8 @@ def _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb):
         kept_total += len(kept["axial"])
     if not kept_total:
         raise SourceError(f"{raw}/: no slice has {min_tissue} tissue pixels (check data.labels)")
-    metadata = {"source": "mriseg cohort", "layout": LAYOUT, "grid": "isotropic", "normalization": NORMALIZATION,
+    metadata = {"source": "mriseg cohort", "layout": LAYOUT, "normalization": NORMALIZATION,
+                "grid": "isotropic" if pixel_size else "voxels",  # data.pixel_size 0 keeps each subject's voxels
                 "pixel_size_mm": [pixel_size, pixel_size] if pixel_size else None,
                 "labels": labels if isinstance(labels, str) else {str(k): v for k, v in labels.items()},
                 "min_tissue": min_tissue, "subjects": records}

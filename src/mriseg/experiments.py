@@ -16,6 +16,8 @@ import numpy as np
 from .errors import MrisegError
 
 PAIRING = ("split.fold", "train.seed")
+# Two runs are a pair only when they tested the same subjects: same archive, labels and split of it.
+TEST_SIDE = ("data.archive", "data.labels", "split.by", "split.seed", "split.folds", "split.test_size")
 METRICS = ("dice_white_matter", "dice_gray_matter")
 METRICS_FILE = "reports/metrics.json"
 
@@ -118,7 +120,9 @@ def group_runs(rows):
 
 
 def pair_key(row):
-    return tuple(row["params"].get(k) for k in PAIRING)
+    """Fold and seed, then what fixes the test side: runs with the same key scored the same subjects."""
+    return tuple(json.dumps(row["params"].get(k), sort_keys=True) if k in TEST_SIDE else row["params"].get(k)
+                 for k in PAIRING + TEST_SIDE)
 
 
 def mean_sd(values):

@@ -19,19 +19,12 @@ from .archive import write_archive
 from .io import atomic_path
 from .labels import SourceError, parse_labels
 from .scans import find_subjects, preprocess_subject, tissue_slices, volume_header
-from .volumes import NORMALIZATION, acquisition_axis
+from .volumes import NORMALIZATION, acquisition_axis, pad_slices
 
 
 def subject_slices(image_path, label_paths, labels, axis, pixel_size, min_tissue):
     images, masks = preprocess_subject(image_path, label_paths, labels, axis, pixel_size)[:2]
     return [(z, images[z], masks[z]) for z in tissue_slices(masks, min_tissue)]
-
-
-def center_pad(a, shape, fill):
-    out = np.full(shape, fill, a.dtype)
-    dy, dx = (shape[0] - a.shape[0]) // 2, (shape[1] - a.shape[1]) // 2
-    out[dy:dy + a.shape[0], dx:dx + a.shape[1]] = a
-    return out
 
 
 def choose_axis(subjects):
@@ -62,8 +55,10 @@ def make_archive(src, out, labels="ibsr", axis="auto", pixel_size=1.0, min_tissu
     pairs, ix = [], 0
     for subject, slices in per_subject:
         for z, image, mask in slices:
-            pairs.append((f"sub-{subject}_slice-{z:03d}_{ix}.npy", center_pad(image, shape, 0.0),
-                          center_pad(mask, shape, 2)))
+            # Placed as training and prediction place a slice: centred in its own multiple of 16, then at
+            # the top left of the archive's one size, so that the network sees it where predict puts it.
+            pairs.append((f"sub-{subject}_slice-{z:03d}_{ix}.npy", pad_slices(image, shape, 0.0),
+                          pad_slices(mask, shape, 2)))
             ix += 1
     metadata = {"source": "mriseg make-archive", "axis": axis, "normalization": NORMALIZATION,
                 "pixel_size_mm": [pixel_size, pixel_size] if pixel_size else None,

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import CLASS_NAMES
+from .augmentation import augment
 from .data import Feed
 from .devices import (autocast, broadcast_from_rank0, broadcast_object, describe_device, gather_over_ranks,
                       join_processes, leave_processes, rank_and_world, sum_over_ranks, use_all_cores)
@@ -43,51 +43,6 @@ def loader_workers(setting, device):
     if setting != "auto":
         return int(setting)
     return 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
-
-
-def to_device(t, device):
-    """A small CPU tensor to the device without making the host wait for the GPU: pinned, non-blocking."""
-    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
-
-
-def augment(x, y, gen, bias_field=0.0, flip=True):
-    """Random left-right flip (only with flip: slices whose columns run left-right), rotation (+-10 deg),
-    scale (+-10 %), gamma and gain jitter, per image; with bias_field > 0 also a smooth multiplicative
-    intensity field, exp of a cubic polynomial in the slice's coordinates with coefficients in
-    [-bias_field, bias_field] (MRI's coil inhomogeneity, drawn as TorchIO's RandomBiasField draws it; its
-    default strength is 0.5)."""
-    n = x.shape[0]
-    u = torch.rand(5, n, generator=gen) * 2 - 1  # drawn on the CPU generator: reproducible, resumable
-    flip = torch.where(u[0] > 0, -1.0, 1.0) if flip else torch.ones(n)
-    angle, scale = u[1] * math.radians(10), 1 + 0.1 * u[2]
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos * flip, -sin, torch.zeros(n)], 1),
-                         torch.stack([sin * flip, cos, torch.zeros(n)], 1)], 1)
-    draws = torch.cat([theta.flatten(), torch.exp(0.2 * u[3]), 1 + 0.1 * u[4]])
-    theta, gamma, gain = to_device(draws, x.device).split([6 * n, n, n])  # one copy per batch
-    theta = theta.view(n, 2, 3).to(x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    # Shift labels so that padding (0) lands on background (2) after sampling.
-    y = F.grid_sample(y[:, None].float() - 2, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    y = (y[:, 0] + 2).to(torch.uint8)
-    x = x.clamp(min=0).pow(gamma.view(n, 1, 1, 1)) * gain.view(n, 1, 1, 1)
-    if bias_field > 0:
-        x = x * smooth_field(n, x.shape[-2:], bias_field, gen, x.device).to(x.dtype)
-    return x, y
-
-
-def smooth_field(n, size, strength, gen, device, order=3):
-    """n random fields exp(sum c_ij * r^i * c^j), 0 < i + j <= order, over a slice of `size` (rows, cols).
-
-    No constant term: the field varies across the slice around 1 (the gain jitter scales it whole). The
-    exponent is clamped to [-1, 1], so that images filling their frame get no extreme corners."""
-    rows, cols = (torch.linspace(-1, 1, k, device=device) for k in size)
-    powers = [(i, j) for i in range(order + 1) for j in range(order + 1 - i) if i + j]
-    basis = torch.stack([rows[:, None] ** i * cols[None, :] ** j for i, j in powers])  # (terms, H, W)
-    # Drawn on the CPU generator like the other draws; the field itself is built where the batch is.
-    coef = to_device((torch.rand(n, len(powers), generator=gen) * 2 - 1) * strength, device)
-    return torch.einsum("nt,thw->nhw", coef, basis).clamp(-1, 1).exp()[:, None]
 
 
 def log_epoch(live, row):
@@ -261,24 +216,11 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     history, timing, start, best = [], [], 0, {"score": -1.0, "epoch": None, "state_dict": None}
     state = read_resume(resume_path, fingerprint, epochs)
     if state is not None:  # loaded before DDP wraps the model, which starts every process from rank 0's weights
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        if world > 1:
-            augment_gen.set_state(state["augment_generators"][rank])
-        torch.set_rng_state(state["torch_rng"])
-        history, start, best, timing = state["history"], state["epoch"], state["best"], state.get("timing", [])
+        history, start, best, timing = restore(state, model, opt, sched, gen, augment_gen if world > 1 else None)
         if lead:
             print(f"resuming from {resume_path} after epoch {start}/{epochs}")
-    compiled = torch.compile(model) if cfg.get("compile") else model
-    # DDP averages the gradients over the processes; scoring needs no synchronised forward: the bare model.
-    step_model = compiled if world == 1 else for_processes(model, device, world)
-    if world > 1 and cfg.get("compile"):
-        step_model = torch.compile(step_model)
-    # Epochs are scored (and the best one chosen) as the checkpoint will predict: with flip_tta if set.
     flip_tta = bool(cfg.get("flip_tta")) and mirror
-    score_model = FlipAveraged(compiled, activation) if flip_tta else compiled
+    step_model, score_model = stepped_and_scored(model, cfg, device, world, flip_tta, activation)
     live = open_live(live_dir, history) if live_dir is not None and lead else None
 
     for epoch in range(start, epochs):
@@ -295,15 +237,14 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
         for split in eval_sets:
             if split in feeds:
                 r = evaluate(score_model, feeds[split], device, amp, loss_name, activation)
-                row.update({f"{split}_loss": r["loss"], f"{split}_iou": r["iou"],
-                            **{f"{split}_{k}": v for k, v in scores(r["confusion"]).items()}})
+                row.update({f"{split}_{k}": v for k, v in
+                            {"loss": r["loss"], "iou": r["iou"], **scores(r["confusion"])}.items()})
         history.append(row)
         augment_states = gather_over_ranks(augment_gen.get_state()) if world > 1 else None
         if not lead:
             continue
-        print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={row[k]:.4f}" for k in row
-                                                      if k.endswith(("_loss", "_iou", "_dice_gray_matter")))
-              + f" ({seconds:.1f} s, {seen / seconds:.1f} images/s)")
+        print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={row[k]:.4f}" for k in row if k.endswith(
+            ("_loss", "_iou", "_dice_gray_matter"))) + f" ({seconds:.1f} s, {seen / seconds:.1f} images/s)")
         if "val" in feeds and row["val_iou"] > best["score"]:
             best = {"score": row["val_iou"], "epoch": epoch + 1,
                     "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
@@ -312,20 +253,50 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
         save_torch({"fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                    **({"augment_generators": augment_states} if world > 1 else {}),
+                    **({"augment_generators": augment_states} if augment_states else {}),
                     "history": history, "timing": timing, "best": best}, resume_path)
         if timing_path is not None:
             write_timing(timing, timing_path)
 
-    if not lead:
-        leave_processes()
-        return None
-    state_dict = best["state_dict"] if best["state_dict"] is not None else model.state_dict()
-    ckpt = {"format": 1, "model": model_name, "state_dict": {k: v.cpu() for k, v in state_dict.items()},
-            "classes": list(CLASS_NAMES), "activation": activation, "loss": loss_name, "context": context,
-            "width": cfg.get("width", 16), "flip_tta": flip_tta,
-            "best_epoch": best["epoch"] or epochs, "history": history, "train": cfg,
-            "trained_on": describe_device(device), **(extra or {})}
+    ckpt = None
+    if lead:
+        state_dict = best["state_dict"] if best["state_dict"] is not None else model.state_dict()
+        ckpt = {"format": 1, "model": model_name, "state_dict": {k: v.cpu() for k, v in state_dict.items()},
+                "classes": list(CLASS_NAMES), "activation": activation, "loss": loss_name, "context": context,
+                "width": cfg.get("width", 16), "flip_tta": flip_tta,
+                "best_epoch": best["epoch"] or epochs, "history": history, "train": cfg,
+                "trained_on": describe_device(device), **(extra or {})}
+        finish(ckpt, out_path, resume_path, live, artifact)
+    leave_processes()
+    return ckpt
+
+
+def stepped_and_scored(model, cfg, device, world, flip_tta, activation):
+    """(the model the optimizer steps, the one that scores each epoch). DDP averages the gradients over the
+    processes; scoring needs no synchronised forward: the bare model, with flip_tta as the checkpoint will
+    predict. Both compiled with train.compile."""
+    compiled = torch.compile(model) if cfg.get("compile") else model
+    step_model = compiled if world == 1 else for_processes(model, device, world)
+    if world > 1 and cfg.get("compile"):
+        step_model = torch.compile(step_model)
+    return step_model, FlipAveraged(compiled, activation) if flip_tta else compiled
+
+
+def restore(state, model, opt, sched, gen, augment_gen):
+    """A resume file's state put back: weights, optimizer, schedule and every generator (augment_gen: this
+    process's own, under several processes). Returns (history, epochs done, best epoch so far, timing)."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    if augment_gen is not None:
+        augment_gen.set_state(state["augment_generators"][rank_and_world()[0]])
+    torch.set_rng_state(state["torch_rng"])
+    return state["history"], state["epoch"], state["best"], state.get("timing", [])
+
+
+def finish(ckpt, out_path, resume_path, live, artifact):
+    """The checkpoint written, the resume file gone, DVCLive closed (with the model as its artifact)."""
     save_torch(ckpt, out_path)
     Path(resume_path).unlink(missing_ok=True)
     if live is not None:
@@ -333,8 +304,6 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
             # A pipeline output already: DVC caches it as the stage's out, DVCLive only annotates it.
             live.log_artifact(str(out_path), type="model", cache=False, **artifact)
         live.end()
-    leave_processes()
-    return ckpt
 
 
 def make_feeds(cfg, train_set, eval_sets, device, world, eval_batch_size, channels_last):

@@ -61,3 +61,13 @@ def test_evidence_files_of_the_benchmark_pages_exist():
             if not list(results.glob(name)):
                 missing.append(f"{page.relative_to(ROOT)}: {name}")
     assert not missing, missing
+
+
+def test_the_distribution_name_is_the_one_the_readme_gives_and_not_the_taken_one():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] != "mriseg", "PyPI's mriseg is another project"
+    assert f"`{project['name']}`" in (ROOT / "README.md").read_text()
+    assert project["scripts"] == {"mriseg": "mriseg.cli:main"}
+

@@ -118,6 +118,19 @@ def test_exp_run_resnet_reruns_only_train_and_evaluate_and_metrics_diff(project)
     assert (project / "plots_html" / "index.html").exists()
 
 
+def test_editing_the_network_keeps_the_prepared_data(project):
+    """An edit of models.py re-runs training and what follows, never fetch, unzip or split (a real cohort's
+    preprocessing can take hours)."""
+    models = project / "src" / "mriseg" / "models.py"
+    models.write_text(models.read_text() + "\n# an edit of the network's code\n")
+    try:
+        out = run(["dvc", "repro"], project).stdout
+        assert ran(out) == {"train@axial", "bundle", "evaluate"}
+    finally:
+        run("git checkout -q src/mriseg/models.py", project)
+        run(["dvc", "repro"], project)  # back to the committed run (from the run-cache)
+
+
 def test_split_param_reruns_split_train_evaluate(project):
     out = run(["dvc", "exp", "run", "-S", "split.seed=7"], project).stdout
     assert ran(out) == {"split", "train@axial", "bundle", "evaluate"}

@@ -27,7 +27,7 @@ def synthetic_volume(path, zooms=(1.0, 1.0, 2.0), frames=1, flip_x=True):
 
 def test_volume_mask_keeps_the_input_grid_and_volumes_add_up(checkpoint, tmp_path):
     truth, affine = synthetic_volume(tmp_path / "sub01.nii.gz")
-    r = mriseg_console("predict", "--model", checkpoint, "--out", tmp_path / "out", tmp_path / "sub01.nii.gz")
+    r = mriseg_console("predict", "--skull-strip", "no", "--model", checkpoint, "--out", tmp_path / "out", tmp_path / "sub01.nii.gz")
     assert r.returncode == 0, r.stderr
     mask_img = nib.load(tmp_path / "out" / "sub01_mask.nii.gz")
     assert mask_img.shape == (40, 48, 10, 1) and np.allclose(mask_img.affine, affine)
@@ -49,7 +49,7 @@ def test_anisotropic_in_plane_voxels_are_resampled_and_mapped_back(checkpoint, t
     img = nib.load(tmp_path / "aniso.nii", mmap=False)
     data = np.asarray(img.dataobj)[:, ::2].copy()
     nib.save(nib.Nifti1Image(data, np.diag([-1.0, 2.0, 1.0, 1.0])), tmp_path / "aniso.nii")
-    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out", tmp_path / "aniso.nii")
+    r = mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--out", tmp_path / "out", tmp_path / "aniso.nii")
     assert r.returncode == 0, r.stderr
     mask = np.asarray(nib.load(tmp_path / "out" / "aniso_mask.nii").dataobj)
     assert mask.shape == (40, 24, 10, 1)
@@ -92,14 +92,14 @@ def test_slices_and_folders(checkpoint, tmp_path):
     (tmp_path / "in").mkdir()
     for i in range(3):
         np.save(tmp_path / "in" / f"slice_{i}.npy", synthetic_pair(rng)[0])
-    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out", tmp_path / "in")
+    r = mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--out", tmp_path / "out", tmp_path / "in")
     assert r.returncode == 0, r.stderr
     for i in range(3):
         m = np.load(tmp_path / "out" / f"slice_{i}_mask.npy")
         assert m.shape == (48, 40) and m.dtype == np.uint8
     df = pd.read_csv(tmp_path / "out" / "volumes.csv")
     assert len(df) == 3 and df["white_matter_ml"].isna().all()
-    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out2", "--pixel-size", "0.5",
+    r = mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--out", tmp_path / "out2", "--pixel-size", "0.5",
                tmp_path / "in" / "slice_0.npy")
     row = pd.read_csv(tmp_path / "out2" / "volumes.csv").iloc[0]
     assert row["white_matter_mm2"] == pytest.approx(row["white_matter_voxels"] * 0.25)
@@ -111,7 +111,7 @@ def test_one_bad_input_does_not_stop_the_others(checkpoint, tmp_path):
     synthetic_volume(tmp_path / "movie.nii.gz", frames=2)
     (tmp_path / "garbage.nii.gz").write_bytes(b"definitely not nifti")
     np.save(tmp_path / "cube.npy", np.zeros((4, 4, 4), np.float32))
-    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out", tmp_path / "movie.nii.gz",
+    r = mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--out", tmp_path / "out", tmp_path / "movie.nii.gz",
                tmp_path / "garbage.nii.gz", tmp_path / "good.nii.gz", tmp_path / "cube.npy", tmp_path / "missing.npy")
     assert r.returncode == 1
     errors = [line for line in r.stderr.splitlines() if line.startswith("predict: error:")]
@@ -127,7 +127,7 @@ def test_an_absent_device_is_exit_2_in_one_line_and_writes_nothing(checkpoint, t
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is visible: --device cuda is not absent here")
     synthetic_volume(tmp_path / "scan.nii.gz")
-    r = mriseg("predict", "--model", checkpoint, "--device", "cuda", "--out", tmp_path / "out", tmp_path / "scan.nii.gz")
+    r = mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--device", "cuda", "--out", tmp_path / "out", tmp_path / "scan.nii.gz")
     assert r.returncode == 2 and r.stderr.strip() == "predict: error: --device=cuda, but no CUDA GPU is visible " \
         "(use auto or cpu)", r.stderr
     assert not (tmp_path / "out").exists()
@@ -146,9 +146,9 @@ def test_an_input_whose_overlay_fails_leaves_no_mask_and_no_row(checkpoint, tmp_
     monkeypatch.setattr(reporting, "plot_overlay", full_disk_for_b)
     for name in ("a", "b"):
         synthetic_volume(tmp_path / f"{name}.nii.gz")
-    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out", tmp_path / "a.nii.gz", tmp_path / "b.nii.gz")
+    r = mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--out", tmp_path / "out", tmp_path / "a.nii.gz", tmp_path / "b.nii.gz")
     assert r.returncode == 1 and "b.nii.gz: [Errno 28] No space left on device" in r.stderr, r.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_mask.nii.gz", "a_overlay.png", "volumes.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_mask.nii.gz", "a_overlay.png", "qc.png", "volumes.csv"]
     assert list(pd.read_csv(tmp_path / "out" / "volumes.csv")["file"]) == [str(tmp_path / "a.nii.gz")]
 
 
@@ -163,10 +163,10 @@ def test_checkpoint_and_empty_input_errors(checkpoint, tmp_path):
     (tmp_path / "text.pt").write_text("hello")
     r = mriseg("predict", "--model", tmp_path / "text.pt", "--out", tmp_path / "o", tmp_path)
     assert r.returncode == 2 and "not a loadable mriseg checkpoint" in r.stderr
-    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "o")
+    r = mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--out", tmp_path / "o")
     assert r.returncode == 2 and "no inputs" in r.stderr
     (tmp_path / "empty").mkdir()
-    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "o", tmp_path / "empty")
+    r = mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--out", tmp_path / "o", tmp_path / "empty")
     assert r.returncode == 2 and "empty" in r.stderr
 
 
@@ -189,10 +189,10 @@ def test_empty_checkpoint_duplicate_names_and_too_small_slices(checkpoint, tmp_p
     rng = np.random.default_rng(0)
     for d in ("a", "b"):
         np.save(tmp_path / d / "x.npy", synthetic_pair(rng)[0])
-    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "o", tmp_path / "a", tmp_path / "b")
+    r = mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--out", tmp_path / "o", tmp_path / "a", tmp_path / "b")
     assert r.returncode == 2 and "would write the same x_mask file" in r.stderr
     np.save(tmp_path / "a" / "tiny.npy", np.zeros((3, 3), np.float32))
-    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "o", tmp_path / "a")
+    r = mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--out", tmp_path / "o", tmp_path / "a")
     assert r.returncode == 1 and "tiny.npy: slices of 3 x 3 pixels are too small" in r.stderr
     assert (tmp_path / "o" / "x_mask.npy").exists()
     assert list(pd.read_csv(tmp_path / "o" / "volumes.csv")["file"]) == [str(tmp_path / "a" / "x.npy")]
@@ -215,7 +215,7 @@ def test_context_model_segments_volumes_and_lone_slices(tmp_path):
     assert ckpt["history"][-1]["test_dice_white_matter"] > 0.8
     truth, _ = synthetic_volume(tmp_path / "sub01.nii.gz")
     np.save(tmp_path / "slice.npy", synthetic_pair(np.random.default_rng(2))[0])
-    r = mriseg("predict", "--model", tmp_path / "model.pt", "--out", tmp_path / "out", tmp_path / "sub01.nii.gz",
+    r = mriseg("predict", "--skull-strip", "no", "--model", tmp_path / "model.pt", "--out", tmp_path / "out", tmp_path / "sub01.nii.gz",
                tmp_path / "slice.npy")
     assert r.returncode == 0, r.stderr
     assert "stands in for its own neighbours" in r.stderr
@@ -241,7 +241,7 @@ def test_labels_score_volumes_against_their_manual_segmentations(checkpoint, tmp
     synthetic_volume(scans / "sub02.nii.gz")
     synthetic_volume(scans / "sub03.nii.gz")
     nib.save(nib.Nifti1Image(ibsr[:, :-1], affine), scans / "sub03_seg.nii.gz")
-    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out", "--labels", "ibsr", scans)
+    r = mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--out", tmp_path / "out", "--labels", "ibsr", scans)
     assert r.returncode == 1, r.stderr  # sub03 failed
     assert "sub03_seg.nii.gz: geometry (40, 47, 10) does not match its image" in r.stderr
     assert "sub02.nii.gz: no manual labels beside it" in r.stderr
@@ -255,7 +255,7 @@ def test_labels_score_volumes_against_their_manual_segmentations(checkpoint, tmp
         assert row[f"dice_{name}"] == pytest.approx(dice(mask == c, truth == c))
         assert row[f"dice_{name}"] > 0.75
     assert np.isnan(df.loc[str(scans / "sub02.nii.gz"), "dice_white_matter"])
-    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "o2", "--labels", "3:0,2:7", scans)
+    r = mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--out", tmp_path / "o2", "--labels", "3:0,2:7", scans)
     assert r.returncode == 2 and "targets must be 0 (white matter)" in r.stderr
 
 
@@ -269,7 +269,7 @@ def test_freesurfer_subjects_are_named_after_the_subject_and_scored_with_aseg(ch
         aseg = np.choose(truth, [41, 3, 0]).astype(np.int32)  # right cerebral white matter, left cortex
         nib.save(nib.MGHImage(aseg, affine), mri / "aseg.mgz")
     # A folder of FreeSurfer subjects is read as make-archive reads it: each subject's mri/norm.mgz.
-    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out", "--labels", "freesurfer-aseg",
+    r = mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--out", tmp_path / "out", "--labels", "freesurfer-aseg",
                tmp_path / "subjects")
     assert r.returncode == 0, r.stderr
     df = pd.read_csv(tmp_path / "out" / "volumes.csv")
@@ -281,7 +281,7 @@ def test_freesurfer_subjects_are_named_after_the_subject_and_scored_with_aseg(ch
     assert df["manual_white_matter_ml"].tolist() == pytest.approx([(truth == 0).sum() * 2.0 / 1000] * 2)
     # One subject's folder, or its mri/ folder (whose aseg.mgz is not an image to segment).
     for i, folder in enumerate((tmp_path / "subjects" / "ernie", tmp_path / "subjects" / "ernie" / "mri")):
-        r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / f"one{i}", folder)
+        r = mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--out", tmp_path / f"one{i}", folder)
         assert r.returncode == 0 and pd.read_csv(tmp_path / f"one{i}" / "volumes.csv")["file"].str.endswith(
             "ernie/mri/norm.mgz").tolist() == [True]
 

@@ -26,7 +26,7 @@ def bids_dataset(root):
 
 def test_a_bids_dataset_gives_subject_and_session_columns(checkpoint, tmp_path):
     root = bids_dataset(tmp_path / "bids")
-    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out", root)
+    r = mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--out", tmp_path / "out", root)
     assert r.returncode == 0, r.stderr
     table = pd.read_csv(tmp_path / "out" / "volumes.csv", dtype={"subject": str, "session": str})
     assert list(zip(table["subject"], table["session"])) == [("01", "baseline"), ("01", "followup"),
@@ -60,20 +60,20 @@ def good_rows_in_order(out, inputs):
 def test_parts_of_a_job_array_merge_in_input_order(checkpoint, tmp_path):
     inputs = inputs_with_a_bad_one(tmp_path / "in")
     out = tmp_path / "out"
-    codes = [mriseg("predict", "--model", checkpoint, "--out", out, "--part", f"{k}/2", *inputs).returncode
+    codes = [mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--out", out, "--part", f"{k}/2", *inputs).returncode
              for k in (1, 2)]
     assert codes == [1, 0]  # part 1 takes inputs 1, 3, 5 (bad.nii.gz is the third), part 2 inputs 2 and 4
     early = mriseg("predict", "--merge", "--out", tmp_path / "nothing-here")
     assert early.returncode == 2 and "volumes.part-K-of-N.csv" in early.stderr
     other = tmp_path / "other"
-    codes = [mriseg("predict", "--model", checkpoint, "--out", other, "--part", "1/2", *inputs).returncode,
-             mriseg("predict", "--model", checkpoint, "--out", other, "--part", "2/2", *inputs[:2]).returncode]
+    codes = [mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--out", other, "--part", "1/2", *inputs).returncode,
+             mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--out", other, "--part", "2/2", *inputs[:2]).returncode]
     mixed = mriseg("predict", "--merge", "--out", other)
     assert codes == [1, 0] and mixed.returncode == 2 and "different lists of inputs (of 2 and 5" in mixed.stderr
     assert (other / "volumes.part-2-of-2.csv").exists(), "a refused merge leaves the parts as they were"
     swapped = tmp_path / "swapped"  # as many inputs, in another order: the shares hold other inputs
-    codes = [mriseg("predict", "--model", checkpoint, "--out", swapped, "--part", "1/2", *inputs).returncode,
-             mriseg("predict", "--model", checkpoint, "--out", swapped, "--part", "2/2", *inputs[::-1]).returncode]
+    codes = [mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--out", swapped, "--part", "1/2", *inputs).returncode,
+             mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--out", swapped, "--part", "2/2", *inputs[::-1]).returncode]
     mixed = mriseg("predict", "--merge", "--out", swapped)
     assert mixed.returncode == 2 and "different lists of inputs (of 5 each, other files or order" in mixed.stderr
     assert mriseg("predict", "--merge", "--out", out).returncode == 0
@@ -85,7 +85,7 @@ def test_two_torchrun_processes_segment_each_input_once(checkpoint, tmp_path):
     inputs = inputs_with_a_bad_one(tmp_path / "in")
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                        "-m", "mriseg", "predict", "--model", str(checkpoint), "--out", str(out),
+                        "-m", "mriseg", "predict", "--skull-strip", "no", "--model", str(checkpoint), "--out", str(out),
                         *map(str, inputs)], capture_output=True, text=True, timeout=600)
     assert r.returncode != 0, "a bad input makes its process exit 1"
     errors = [line for line in r.stderr.splitlines() if line.startswith("predict: error:")]
@@ -93,5 +93,5 @@ def test_two_torchrun_processes_segment_each_input_once(checkpoint, tmp_path):
     assert "part 1/2" in r.stderr and "part 2/2" in r.stderr
     table = good_rows_in_order(out, inputs)
     alone = tmp_path / "alone"
-    mriseg("predict", "--model", checkpoint, "--out", alone, *inputs)
+    mriseg("predict", "--skull-strip", "no", "--model", checkpoint, "--out", alone, *inputs)
     assert table.equals(pd.read_csv(alone / "volumes.csv")), "the same volumes as one process"

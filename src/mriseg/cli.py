@@ -38,7 +38,7 @@ def predict_command(args):
         return 0
     failed = predict_files(args.model or SHIPPED_MODEL, args.out, args.inputs, device=args.device,
                            batch_size=args.batch_size, pixel_size=pixel, slice_thickness=args.slice_thickness,
-                           labels=args.labels, part=args.part, log=log)
+                           labels=args.labels, part=args.part, skull_strip=args.skull_strip, log=log)
     return 1 if failed else 0
 
 
@@ -120,6 +120,9 @@ def main(argv=None):
     p.add_argument("--part", type=part_of, metavar="K/N", help="segment only the K-th of N shares of the inputs "
                    "(a job array: every N-th input from the K-th, in sorted order) into volumes.part-K-of-N.csv; "
                    "under torchrun each process takes its share and rank 0 writes volumes.csv")
+    p.add_argument("--skull-strip", choices=["auto", "yes", "no"], default="auto",
+                   help="extract the brain before segmenting (whole-head scans): auto (default) does so for each "
+                   "volume not extracted already and says which in volumes.csv; writes <stem>_brainmask")
     p.add_argument("--merge", action="store_true", help="join the part files in --out into volumes.csv, "
                    "in input order, once every part has run")
     p.set_defaults(func=predict_command)

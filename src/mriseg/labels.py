@@ -12,15 +12,18 @@ from .volumes import is_volume, load_volume, volume_stem
 # FreeSurfer aseg labels (FreeSurferColorLUT). Brainstem goes to white matter, as in IBSR's tracings.
 ASEG_WHITE = (2, 41, 7, 46, 16, 77, 78, 79, 85, 251, 252, 253, 254, 255)
 ASEG_GRAY = (3, 42, 8, 47, 10, 49, 11, 50, 12, 51, 13, 52, 17, 53, 18, 54, 26, 58, 28, 60)
+# aparc+aseg, aparc.DKTatlas+aseg, aparc.a2009s+aseg: the cortex (aseg 3, 42) split into parcels, all gray matter.
+ASEG_CORTEX_PARCELS = (*range(1000, 1036), *range(2000, 2036), *range(11100, 11176), *range(12100, 12176))
 # Everything else aseg holds (ventricles, CSF, vessels, choroid plexus, hypointensities) is background.
 ASEG_BACKGROUND = (0, 4, 5, 14, 15, 24, 30, 31, 43, 44, 62, 63, 72, 80, 81, 82)
 PRESETS = {
     "ibsr": {3: 0, 2: 1},  # IBSR: 0 background, 1 CSF, 2 gray matter, 3 white matter
-    "freesurfer-aseg": {**{v: 0 for v in ASEG_WHITE}, **{v: 1 for v in ASEG_GRAY}},
+    "freesurfer-aseg": {**{v: 0 for v in ASEG_WHITE}, **{v: 1 for v in ASEG_GRAY + ASEG_CORTEX_PARCELS}},
     "fsl-fast": "argmax of pve_0 (CSF), pve_1 (gray matter), pve_2 (white matter)",
 }
 
-KNOWN_VALUES = {"ibsr": (0, 1, 2, 3), "freesurfer-aseg": ASEG_WHITE + ASEG_GRAY + ASEG_BACKGROUND}
+KNOWN_VALUES = {"ibsr": (0, 1, 2, 3),
+                "freesurfer-aseg": ASEG_WHITE + ASEG_GRAY + ASEG_CORTEX_PARCELS + ASEG_BACKGROUND}
 
 
 class SourceError(MrisegError):

@@ -8,6 +8,7 @@ import pandas as pd
 
 from .inputs import InputError
 from .io import atomic_path
+from .qc import add_cohort_flags
 
 
 def input_list_id(files):
@@ -45,8 +46,9 @@ def merge_parts(out_dir, n=None, total=None, log=print):
         of = " and ".join(map(str, sorted(counts))) if len(counts) > 1 else f"{counts.pop()} each, other files or order"
         raise InputError(f"{out_dir}: the part files come from different lists of inputs (of {of} inputs): "
                          "run every --part with the same INPUTs")
+    table = add_cohort_flags(table.drop(columns=["input", "inputs", "input_list"]))  # judged over the whole run
     with atomic_path(out_dir / "volumes.csv") as tmp:
-        table.drop(columns=["input", "inputs", "input_list"]).to_csv(tmp, index=False)
+        table.to_csv(tmp, index=False)
     for p in paths:
         p.unlink()
     of = f" of {total}" if total is not None else ""

@@ -139,14 +139,19 @@ class Predictor:
         return back_to_grid(list(probs), work_affine, reference_img3)
 
     def predict_volume(self, path):
-        """(labels on the input's own grid and shape, input image, its 3-D image, displayed slices, displayed
-        labels: the first view's plane)."""
-        from .volumes import load_volume, to_slices
+        """The labels of a volume file on its own grid and shape (predict_image of volumes.load_volume's)."""
+        from .volumes import load_volume
 
         img, img3 = load_volume(path)
+        return self.predict_image(img3)[0].reshape(img.shape)
+
+    def predict_image(self, img3):
+        """(labels on a 3-D image's own grid, displayed slices, displayed labels: the first view's plane on
+        the working grid)."""
+        from .volumes import to_slices
+
         work_affine, volume = self.working_volume(img3)
         probs = self.volume_probabilities(volume)
-        on_grid = self.on_input_grid(probs, work_affine, img3)
         axis = self.views[0].axis
-        return (on_grid.reshape(img.shape), img, img3, to_slices(volume, axis),
+        return (self.on_input_grid(probs, work_affine, img3), to_slices(volume, axis),
                 to_slices(probs.argmax(axis=0).astype(np.uint8), axis))

@@ -10,6 +10,8 @@ from .io import atomic_path  # noqa: E402
 
 # Label colours: white matter light, gray matter mid-gray, background black, like a T1 image.
 LABEL_CMAP = ListedColormap(["#f2f2f2", "#8c8c8c", "#000000"])
+# Tissue over a scan: white matter blue, gray matter orange (background left out).
+TISSUE_COLOURS = ListedColormap(["#1f77b4", "#ff7f0e"])
 
 
 def save_figure(fig, path):
@@ -64,10 +66,9 @@ def plot_overlay(image, labels, path, title=""):
     images, labels = (image[None], labels[None]) if image.ndim == 2 else (image, labels)
     n = len(images)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), squeeze=False, layout="constrained")
-    tissue_cmap = ListedColormap(["#1f77b4", "#ff7f0e"])
     for ax, img, lab in zip(axes[0], images, labels):
         ax.imshow(img, cmap="gray")
-        ax.imshow(np.ma.masked_where(lab > 1, lab), cmap=tissue_cmap, vmin=0, vmax=1, alpha=0.45,
+        ax.imshow(np.ma.masked_where(lab > 1, lab), cmap=TISSUE_COLOURS, vmin=0, vmax=1, alpha=0.45,
                   interpolation="nearest")
         ax.axis("off")
     fig.suptitle(f"{title}  (white matter blue, gray matter orange)", fontsize=10)

@@ -13,8 +13,11 @@ from .parts import input_list_id, merge_parts, part_name
 from .prediction import Predictor
 
 
+# brain_ml: the brain mask's volume (extraction.py says what it holds); the fractions are of it. skull_strip:
+# extracted (here), already extracted (found so by --skull-strip auto) or no. qc: "ok" or the reasons (qc.py).
 VOLUME_COLUMNS = ["file", "subject", "session", "white_matter_voxels", "gray_matter_voxels", "white_matter_ml",
-                  "gray_matter_ml", "gray_white_ratio", "white_matter_mm2", "gray_matter_mm2"]
+                  "gray_matter_ml", "gray_white_ratio", "brain_ml", "white_matter_fraction", "gray_matter_fraction",
+                  "skull_strip", "white_matter_mm2", "gray_matter_mm2", "qc"]
 
 
 # With --labels: the manual segmentation beside each volume, on the input's own grid.
@@ -73,35 +76,82 @@ def check_inputs(files):
                              "rename one or run them separately")
 
 
-def segment_volume(predictor, path, out_dir, labels, written, log):
-    """A volume's mask (on its own grid) and overlay; its row of volumes.csv."""
+def strip_skull(extractor, img3, path, skull_strip):
+    """(the image the views see, its brain mask or None, the skull_strip column). With an extractor: the
+    brain mask on the input's grid and, unless auto finds the input extracted already, the image with
+    everything outside the brain set to 0 (as the training brains are)."""
+    import nibabel as nib
+
+    from .extraction import NoBrainError, already_extracted
+    from .qc import BRAIN_ML
+
+    if extractor is None:
+        return img3, None, "no"
+    brain = extractor.mask(img3, path)
+    data = np.asanyarray(img3.dataobj)
+    if skull_strip == "auto" and already_extracted(data, brain):
+        return img3, brain, "already extracted"
+    brain_ml = brain.sum() * voxel_ml_of(img3)
+    if brain_ml < BRAIN_ML[0] / 2:
+        raise NoBrainError(f"{path}: the extracted brain is {brain_ml:.0f} ml, smaller than any adult brain "
+                           "(is it a head T1 scan?)")
+    return nib.Nifti1Image(np.where(brain, data, 0).astype(np.float32), img3.affine), brain, "extracted"
+
+
+def voxel_ml_of(img):
+    return float(np.prod(img.header.get_zooms()[:3])) / 1000.0
+
+
+def segment_volume(predictor, path, out_dir, labels, written, log, extractor=None, skull_strip="no", thumbs=None):
+    """A volume's mask (on its own grid), brain mask (with an extractor) and overlay; its row of volumes.csv.
+    thumbs(stem, image, labels, brain): keeps what qc.png shows of it."""
+    from .qc import volume_flags
     from .reporting import plot_overlay
-    from .volumes import volume_stem
+    from .volumes import load_volume, volume_stem
 
     stem, ext = output_stem(path), volume_stem(path)[1]
-    pred, img, img3, shown, shown_labels = predictor.predict_volume(path)
-    mask = img.__class__(pred, img.affine, header=img.header)
-    mask.set_data_dtype(np.uint8)
-    voxel_ml = float(np.prod(img.header.get_zooms()[:3])) / 1000.0
-    wm, gm = tissue_counts(pred)
+    img, img3 = load_volume(path)
+    seen, brain, stripped = strip_skull(extractor, img3, path, skull_strip)
+    labels3, shown, shown_labels = predictor.predict_image(seen)
+    if stripped == "extracted":
+        labels3[~brain] = 2  # tissue outside the brain is background
+    voxel_ml = voxel_ml_of(img)
+    wm, gm = tissue_counts(labels3)
     row = {"white_matter_voxels": wm, "gray_matter_voxels": gm, "white_matter_ml": wm * voxel_ml,
-           "gray_matter_ml": gm * voxel_ml}
+           "gray_matter_ml": gm * voxel_ml, "skull_strip": stripped}
+    if brain is not None:
+        brain_ml = brain.sum() * voxel_ml
+        row.update({"brain_ml": brain_ml, "white_matter_fraction": wm * voxel_ml / brain_ml,
+                    "gray_matter_fraction": gm * voxel_ml / brain_ml})
+    row["qc"] = "; ".join(volume_flags(labels3, brain, row.get("brain_ml"))) or "ok"
     if labels is not None:
-        reference = compare_with_reference(pred, path, img3, labels, voxel_ml)
+        reference = compare_with_reference(labels3, path, img3, labels, voxel_ml)
         if reference is None:
             log(f"predict: note: {path}: no manual labels beside it to score against")
         row.update(reference or {})
-    written.append(out_dir / f"{stem}_mask{ext}")
-    save_volume(mask, written[-1], ext)
+    for name, array in (("mask", labels3), ("brainmask", brain)):
+        if array is not None:
+            written.append(out_dir / f"{stem}_{name}{ext}")
+            save_volume(as_image_of(img, array.reshape(img.shape)), written[-1], ext)
     pick = brain_slices(shown_labels)
     written.append(out_dir / f"{stem}_overlay.png")
     plot_overlay(shown[pick], shown_labels[pick], written[-1], title=display_name(path))
+    if thumbs is not None:
+        thumbs(stem, np.asanyarray(img3.dataobj), labels3, brain, img3.affine)
     return row
+
+
+def as_image_of(img, array):
+    """uint8 labels as an image of the input's own kind, affine and header."""
+    out = img.__class__(array.astype(np.uint8), img.affine, header=img.header)
+    out.set_data_dtype(np.uint8)
+    return out
 
 
 def segment_slice(predictor, path, out_dir, pixel_size, slice_thickness, written, source):
     """A lone .npy slice's mask and overlay (a one-view model only: a slice has no plane); its row."""
     from .io import atomic_path
+    from .qc import volume_flags
     from .reporting import plot_overlay
     from .volumes import normalize_volume
 
@@ -121,7 +171,7 @@ def segment_slice(predictor, path, out_dir, pixel_size, slice_thickness, written
     written.append(out_dir / f"{stem}_overlay.png")
     plot_overlay(image, pred, written[-1], title=display_name(path))
     wm, gm = tissue_counts(pred)
-    row = {"white_matter_voxels": wm, "gray_matter_voxels": gm}
+    row = {"white_matter_voxels": wm, "gray_matter_voxels": gm, "qc": "; ".join(volume_flags(pred)) or "ok"}
     if pixel_size:
         area = pixel_size[0] * pixel_size[-1]
         row.update({"white_matter_mm2": wm * area, "gray_matter_mm2": gm * area,
@@ -131,22 +181,28 @@ def segment_slice(predictor, path, out_dir, pixel_size, slice_thickness, written
 
 
 def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pixel_size=None, slice_thickness=1.0,
-                  labels=None, part=None, log=print):
+                  labels=None, part=None, skull_strip="auto", log=print):
     """Segment every input; returns the number that failed. Raises a MrisegError up front (bad model,
-    option or input list: nothing written); a bad input is said in one line and skipped, leaving no file.
+    option, extractor or input list: nothing written); a bad input is said in one line and skipped, leaving
+    no file (one in which the extractor finds no brain keeps a row, its qc saying so).
 
+    skull_strip: auto (extract the brain of volumes not extracted already) | yes | no (extraction.py).
     labels (a make-archive preset or mapping): score each volume against the manual labels beside it.
     part (k, n), 1 <= k <= n: segment only every n-th input from the k-th (a job array's share) and write
     its rows to volumes.part-k-of-n.csv, for parts.merge_parts. Under torchrun the part is the process's
     (RANK + 1, WORLD_SIZE), and rank 0 merges the parts into volumes.csv once every process is done.
     """
+    import tempfile
+
     import pandas as pd
     from tqdm import tqdm
 
-    from .io import atomic_path
+    from .extraction import SKULL_STRIP, BrainExtractor
     from .labels import SourceError, parse_labels
     from .volumes import is_volume
 
+    if skull_strip not in SKULL_STRIP:
+        raise InputError(f"--skull-strip {skull_strip}: use one of {', '.join(SKULL_STRIP)}")
     try:
         labels = parse_labels(labels) if labels else None
     except SourceError as e:
@@ -161,44 +217,38 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
     predictor = Predictor(checkpoint, device, batch_size)
     files = expand_inputs(inputs, skip_labels=labels is not None)
     check_inputs(files)
+    k, n = part or (1, 1)
+    mine = list(enumerate(files))[k - 1::n]
+    wants_extractor = skull_strip != "no" and any(is_volume(p) for _, p in mine)
+    extractor = BrainExtractor(predictor.device) if wants_extractor else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if predictor.context and any(p.suffix == ".npy" for p in files):
         log(f"predict: note: {checkpoint} was trained with {predictor.context} neighbouring slice(s) each side; "
             "a lone .npy slice stands in for its own neighbours (segment whole volumes for the full benefit)")
-    k, n = part or (1, 1)
-    mine = list(enumerate(files))[k - 1::n]
     rows, failed = [], 0
-    for index, path in tqdm(mine, desc="predict" if n == 1 else f"predict {k}/{n}", unit="file"):
-        written = []
-        try:
-            if is_volume(path):
-                row = segment_volume(predictor, path, out_dir, labels, written, log)
-            elif path.suffix == ".npy":
-                row = segment_slice(predictor, path, out_dir, pixel_size, slice_thickness, written, checkpoint)
-            else:
-                raise InputError(f"{path}: unsupported input (use .npy slices or .nii/.nii.gz/.mgz volumes)")
-        except (MrisegError, RuntimeError, ValueError, OSError) as e:  # e.g. a slice too small for the network
-            failed += 1
-            log(f"predict: error: {e}" if isinstance(e, MrisegError) else f"predict: error: {path}: {first_line(e)}")
-            for p in written:  # no mask without its row in volumes.csv
-                p.unlink(missing_ok=True)
-            continue
-        wm, gm = row["white_matter_voxels"], row["gray_matter_voxels"]
-        subject, session = bids_entities(path)
-        rows.append({"input": index, "file": str(path), "subject": subject, "session": session,
-                     "gray_white_ratio": gm / wm if wm else float("nan"), **row})
-    columns = VOLUME_COLUMNS + (REFERENCE_COLUMNS if labels is not None else [])
-    table = pd.DataFrame(rows, columns=["input", *columns])
-    if n == 1:
-        with atomic_path(out_dir / "volumes.csv") as tmp:
-            table.drop(columns="input").to_csv(tmp, index=False)
-        log(f"segmented {len(rows)} of {len(files)} inputs -> {out_dir} (volumes.csv)")
-        return failed
-    with atomic_path(out_dir / part_name(k, n)) as tmp:  # numbered in the whole input list, for merge_parts
-        table.insert(1, "inputs", len(files))
-        table.insert(2, "input_list", input_list_id(files))
-        table.to_csv(tmp, index=False)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".qc-") as thumbs_dir:
+        shown = []  # (stem, file of its thumbnails): qc.png's rows, kept on disk, not in memory
+
+        def keep_thumbs(stem, image, labels3, brain, affine):
+            shown.append((stem, save_thumbs(Path(thumbs_dir) / f"{len(shown)}.npz", image, labels3, brain, affine)))
+
+        for index, path in tqdm(mine, desc="predict" if n == 1 else f"predict {k}/{n}", unit="file"):
+            row = segment_one(predictor, index, path, out_dir, labels, pixel_size, slice_thickness, extractor,
+                              skull_strip, keep_thumbs, checkpoint, log)
+            failed += row.pop("failed", False)
+            if row:
+                rows.append(row)
+        columns = VOLUME_COLUMNS + (REFERENCE_COLUMNS if labels is not None else [])
+        table = pd.DataFrame(rows, columns=["input", *columns])
+        if n == 1:
+            write_table(table.drop(columns="input"), out_dir / "volumes.csv", with_cohort=True)
+            log(f"segmented {len(rows)} of {len(files)} inputs -> {out_dir} (volumes.csv)")
+            save_qc_pages(table, shown, out_dir, log)
+            return failed
+    table.insert(1, "inputs", len(files))
+    table.insert(2, "input_list", input_list_id(files))
+    write_table(table, out_dir / part_name(k, n), with_cohort=False)  # numbered in the whole list, for merge_parts
     log(f"part {k}/{n}: segmented {len(rows)} of its {len(mine)} inputs -> {out_dir / part_name(k, n)}")
     if world > 1:
         barrier()
@@ -206,3 +256,83 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
             merge_parts(out_dir, n, len(files), log)
         leave_processes()
     return failed
+
+
+def segment_one(predictor, index, path, out_dir, labels, pixel_size, slice_thickness, extractor, skull_strip,
+                keep_thumbs, checkpoint, log):
+    """One input's outputs and its row ({} for a bad input, "failed": True when it failed)."""
+    from .extraction import NoBrainError
+    from .volumes import is_volume
+
+    written = []
+    subject, session = bids_entities(path)
+    head = {"input": index, "file": str(path), "subject": subject, "session": session}
+    try:
+        if is_volume(path):
+            row = segment_volume(predictor, path, out_dir, labels, written, log, extractor, skull_strip, keep_thumbs)
+        elif path.suffix == ".npy":
+            row = segment_slice(predictor, path, out_dir, pixel_size, slice_thickness, written, checkpoint)
+        else:
+            raise InputError(f"{path}: unsupported input (use .npy slices or .nii/.nii.gz/.mgz volumes)")
+    except (MrisegError, RuntimeError, ValueError, OSError) as e:  # e.g. a slice too small for the network
+        log(f"predict: error: {e}" if isinstance(e, MrisegError) else f"predict: error: {path}: {first_line(e)}")
+        for p in written:  # no mask without its row in volumes.csv
+            p.unlink(missing_ok=True)
+        # A scan that holds no brain keeps its row, marked, so a cohort's table shows what went wrong.
+        return {**head, "qc": f"failed: {first_line(e)}", "failed": True} if isinstance(e, NoBrainError) else \
+            {"failed": True}
+    wm, gm = row["white_matter_voxels"], row["gray_matter_voxels"]
+    return {**head, "gray_white_ratio": gm / wm if wm else float("nan"), **row}
+
+
+def write_table(table, path, with_cohort):
+    """volumes.csv (or a part of it), written whole or not at all; with_cohort: each volume's white/gray ratio
+    judged against the run's others too (qc.cohort_flags)."""
+    from .io import atomic_path
+    from .qc import add_cohort_flags
+
+    if with_cohort:
+        table = add_cohort_flags(table)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+def save_thumbs(path, image, labels3, brain, affine):
+    """What qc.png shows of a volume, in RAS+ orientation, saved as arrays (no pickles)."""
+    import nibabel as nib
+
+    from .qc import thumbnails
+
+    def canonical(array):
+        return np.asanyarray(nib.as_closest_canonical(nib.Nifti1Image(np.asarray(array), affine)).dataobj)
+
+    views = thumbnails(canonical(image.astype(np.float32)), canonical(labels3),
+                       canonical(brain.astype(np.uint8)).astype(bool) if brain is not None else None)
+    np.savez(path, **{f"{k}{i}": v[k] for i, v in enumerate(views) for k in v})
+    return path
+
+
+def save_qc_pages(table, shown, out_dir, log):
+    """qc.png from the kept thumbnails, each row titled with its volume's final qc."""
+    import pandas as pd
+
+    from .qc import save_pages
+
+    if not shown:
+        return
+    flags = dict(zip(table["file"].map(lambda f: output_stem(Path(f))), add_cohort_flags_of(table)))
+    rows = [(stem, flags.get(stem, "")) for stem, _ in shown]
+
+    def load(i):
+        with np.load(shown[i][1], allow_pickle=False) as z:
+            return [{k: z[f"{k}{v}"] for k in ("image", "labels", "brain")} for v in range(3)]
+
+    pages = save_pages(rows, load, out_dir)
+    log(f"quality control: {', '.join(p.name for p in pages)} in {out_dir}"
+        f" ({int((pd.Series([f for _, f in rows]) != 'ok').sum())} of {len(rows)} volumes flagged)")
+
+
+def add_cohort_flags_of(table):
+    from .qc import add_cohort_flags
+
+    return list(add_cohort_flags(table.drop(columns="input"))["qc"])

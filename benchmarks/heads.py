@@ -1,0 +1,101 @@
+"""Whole heads from other scanners (../shared/data/freesurfer-dev: a head with skull, a FreeSurfer-stripped
+brain) against their FreeSurfer labels, as `mriseg predict` segments them: brain extraction in front
+(--skull-strip auto), then the views. Per subject: the extractor's mask against the labelled brain (Dice;
+share of labelled tissue kept), what auto decided, tissue Dice and volume error, seconds per volume
+(extraction included). Beside each head, the same head stripped by its own labels (every labelled voxel,
+aparc+aseg > 0), so that what extraction costs is one row away. And an already-extracted IBSR subject with
+auto and with --skull-strip no: auto must leave it unchanged.
+
+    python benchmarks/heads.py [--model models/model.pt] [--out benchmarks/results/brain-extraction/cpu.md]
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mriseg.devices import cpu_name  # noqa: E402
+from train_throughput import commit  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+HEADS = {"swm-01": ("freesurfer-dev/swm-01/T1.nii.gz", "freesurfer-dev/swm-01/aparc.DKTatlas+aseg.nii.gz"),
+         "niivue-01": ("freesurfer-dev/niivue-01/mri/norm.mgz", "freesurfer-dev/niivue-01/mri/aparc.a2009s+aseg.mgz")}
+
+
+def dice(a, b):
+    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def segment(predictor, extractor, img3, where, skull_strip):
+    from mriseg.segment import strip_skull
+
+    t0 = time.perf_counter()
+    seen, brain, decided = strip_skull(extractor if skull_strip != "no" else None, img3, where, skull_strip)
+    labels = predictor.predict_image(seen)[0]
+    if decided == "extracted":
+        labels[~brain] = 2
+    return labels, brain, decided, time.perf_counter() - t0
+
+
+def row(name, labels, truth, voxel_ml, seconds, decided, brain=None, labelled=None):
+    from mriseg.metrics import confusion_of, subject_scores
+
+    s = subject_scores(confusion_of(labels, truth), voxel_ml)
+    extraction = (f"{dice(brain, labelled):.3f} | {(brain & (truth < 2)).sum() / (truth < 2).sum():.4f}"
+                  if brain is not None else "- | -")
+    return (f"| {name} | {decided} | {extraction} | {s['dice_white_matter']:.4f} | {s['dice_gray_matter']:.4f} | "
+            f"{s['volume_error_white_matter']:+.3f} | {s['volume_error_gray_matter']:+.3f} | {seconds:.1f} |")
+
+
+def main():
+    from mriseg.extraction import EXTRACTOR, BrainExtractor
+    from mriseg.labels import load_labels
+    from mriseg.models import SHIPPED_MODEL
+    from mriseg.prediction import Predictor
+    from mriseg.volumes import load_volume
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(SHIPPED_MODEL))
+    p.add_argument("--out", help="also write the table here (markdown)")
+    args = p.parse_args()
+    predictor = Predictor(args.model, "cpu")
+    extractor = BrainExtractor(predictor.device)
+    lines = ["# Whole heads from other scanners: brain extraction, then the views", "",
+             f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}. Commit {commit()}. "
+             f"Model: {args.model}. Extractor: {EXTRACTOR}. Reference: FreeSurfer's labels (freesurfer-aseg preset, "
+             "cortical parcels gray matter); labelled brain = every voxel with a label.", "",
+             "| input | skull_strip | mask Dice vs labelled brain | labelled tissue kept | Dice WM | Dice GM | "
+             "volume error WM | volume error GM | s per volume |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, (image, seg) in HEADS.items():
+        img, img3 = load_volume(SHARED / image)
+        truth = load_labels([SHARED / seg], "freesurfer-aseg", SHARED / image, img3)
+        labelled = np.asanyarray(nib.load(SHARED / seg).dataobj).reshape(truth.shape) > 0
+        voxel_ml = float(np.prod(img3.header.get_zooms()[:3])) / 1000
+        labels, brain, decided, seconds = segment(predictor, extractor, img3, name, "auto")
+        lines.append(row(f"{name} (auto)", labels, truth, voxel_ml, seconds, decided, brain, labelled))
+        stripped = nib.Nifti1Image(np.where(labelled, np.asanyarray(img3.dataobj), 0).astype(np.float32), img3.affine)
+        labels, _, decided, seconds = segment(predictor, extractor, stripped, name, "no")
+        lines.append(row(f"{name} stripped by its labels (no)", labels, truth, voxel_ml, seconds, decided))
+        print(lines[-2], lines[-1], sep="\n", flush=True)
+    ibsr = SHARED / "ibsr18-dev" / "IBSR_07.nii.gz"
+    if ibsr.exists():
+        img, img3 = load_volume(ibsr)
+        truth = load_labels([ibsr.with_name("IBSR_07_seg.nii.gz")], "ibsr", ibsr, img3)
+        voxel_ml = float(np.prod(img3.header.get_zooms()[:3])) / 1000
+        for mode in ("auto", "no"):
+            labels, brain, decided, seconds = segment(predictor, extractor, img3, "IBSR_07", mode)
+            lines.append(row(f"IBSR_07 ({mode})", labels, truth, voxel_ml, seconds, decided, brain, truth < 2))
+            print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

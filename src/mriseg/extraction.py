@@ -1,0 +1,72 @@
+"""Brain extraction in front of segmentation, for whole-head T1 scans (skull, scalp, face, neck).
+
+The extractor is deepbet (Fisch et al., 2024; MIT licence), whose two TorchScript networks ship inside its
+PyPI wheel, so it runs offline: a coarse network finds the brain's box at 128^3, a fine one masks it at
+256^3, then the largest connected piece is kept and its holes filled. Its mask is the brain: cerebrum,
+cerebellum and brainstem with the CSF between them, without the skull, the dura outside the brain, the
+eyes and the neck. Everything about the extractor is in this module: a better one is a change of this
+file (benchmarks/results/brain-extraction/ records how each candidate was measured).
+"""
+import numpy as np
+
+from .errors import MrisegError
+
+EXTRACTOR = "deepbet 1.0.2"
+# auto: an input whose bright voxels lie within this many voxels of the extracted brain (all but
+# ALREADY_OUTSIDE of them) was extracted before. Measured: FreeSurfer's norm.mgz 0.009, IBSR 0.000, a
+# head 0.360 (benchmarks/results/brain-extraction/cpu.md).
+ALREADY_MARGIN, ALREADY_OUTSIDE = 5, 0.05
+SKULL_STRIP = ("auto", "yes", "no")
+
+
+class ExtractorError(MrisegError):
+    """The extractor cannot run: its package or weights missing or unreadable."""
+
+
+class NoBrainError(MrisegError):
+    """The extractor found no brain in this image."""
+
+
+class BrainExtractor:
+    """deepbet's networks on `device` (a torch.device), loaded once for every volume of a run."""
+
+    def __init__(self, device):
+        try:
+            from deepbet import BrainExtraction
+        except ImportError as e:
+            raise ExtractorError(f"brain extraction needs {EXTRACTOR} (pip install deepbet==1.0.2): {e}") from None
+        try:
+            self.bet = BrainExtraction(no_gpu=device.type != "cuda")
+        except (OSError, RuntimeError, ValueError) as e:
+            raise ExtractorError(f"cannot load {EXTRACTOR}'s weights: {str(e).splitlines()[0] if str(e) else e}") \
+                from None
+
+    def mask(self, img3, where):
+        """The brain mask (bool) of a 3-D image on its own voxel grid. NoBrainError naming `where` when
+        the extractor finds none."""
+        import nibabel as nib
+
+        canon = nib.as_closest_canonical(img3)
+        x = np.nan_to_num(canon.get_fdata(dtype=np.float32))
+        if not np.isfinite(x).all() or x.max() <= x.min():
+            raise NoBrainError(f"{where}: constant image: no brain to extract")
+        try:
+            found = self.bet.postprocess(self.bet.run_model(x.copy()) > 0.5)
+        except (AssertionError, ValueError, RuntimeError) as e:  # deepbet asserts a box; argmax of nothing
+            raise NoBrainError(f"{where}: the brain extractor found no brain ({str(e).splitlines()[0]})") from None
+        to_input = nib.orientations.ornt_transform(nib.io_orientation(canon.affine), nib.io_orientation(img3.affine))
+        return nib.orientations.apply_orientation(found.astype(bool), to_input).astype(bool)
+
+
+def already_extracted(image, brain):
+    """Whether a 3-D image was skull-stripped before: its bright voxels (above the 2nd percentile of the
+    non-zero ones) lie within ALREADY_MARGIN voxels of the extracted brain, all but ALREADY_OUTSIDE."""
+    from scipy import ndimage
+
+    image = np.asarray(image, dtype=np.float32)
+    nonzero = image[image > 0]
+    if not nonzero.size:
+        return False
+    bright = image > np.percentile(nonzero, 2)
+    near = ndimage.binary_dilation(brain, iterations=ALREADY_MARGIN)
+    return float((bright & ~near).sum()) / max(int(bright.sum()), 1) <= ALREADY_OUTSIDE

@@ -41,12 +41,13 @@ def segment(predictor, extractor, img3, where, skull_strip):
     return labels, brain, decided, time.perf_counter() - t0
 
 
-def row(name, labels, truth, voxel_ml, seconds, decided, brain=None, labelled=None):
+def row(name, labels, truth, voxel_ml, seconds, decided, brain=None, labelled=None, image=None):
+    from mriseg.extraction import share_outside
     from mriseg.metrics import confusion_of, subject_scores
 
     s = subject_scores(confusion_of(labels, truth), voxel_ml)
-    extraction = (f"{dice(brain, labelled):.3f} | {(brain & (truth < 2)).sum() / (truth < 2).sum():.4f}"
-                  if brain is not None else "- | -")
+    extraction = (f"{share_outside(image, brain):.3f} | {dice(brain, labelled):.3f} | "
+                  f"{(brain & (truth < 2)).sum() / (truth < 2).sum():.4f}" if brain is not None else "- | - | -")
     return (f"| {name} | {decided} | {extraction} | {s['dice_white_matter']:.4f} | {s['dice_gray_matter']:.4f} | "
             f"{s['volume_error_white_matter']:+.3f} | {s['volume_error_gray_matter']:+.3f} | {seconds:.1f} |")
 
@@ -68,15 +69,17 @@ def main():
              f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}. Commit {commit()}. "
              f"Model: {args.model}. Extractor: {EXTRACTOR}. Reference: FreeSurfer's labels (freesurfer-aseg preset, "
              "cortical parcels gray matter); labelled brain = every voxel with a label.", "",
-             "| input | skull_strip | mask Dice vs labelled brain | labelled tissue kept | Dice WM | Dice GM | "
-             "volume error WM | volume error GM | s per volume |", "|---|---|---|---|---|---|---|---|---|"]
+             "| input | skull_strip | bright voxels > 5 voxels from the mask (auto: extracted already if <= 0.05) | "
+             "mask Dice vs labelled brain | labelled tissue kept | Dice WM | Dice GM | volume error WM | "
+             "volume error GM | s per volume |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, (image, seg) in HEADS.items():
         img, img3 = load_volume(SHARED / image)
         truth = load_labels([SHARED / seg], "freesurfer-aseg", SHARED / image, img3)
         labelled = np.asanyarray(nib.load(SHARED / seg).dataobj).reshape(truth.shape) > 0
         voxel_ml = float(np.prod(img3.header.get_zooms()[:3])) / 1000
         labels, brain, decided, seconds = segment(predictor, extractor, img3, name, "auto")
-        lines.append(row(f"{name} (auto)", labels, truth, voxel_ml, seconds, decided, brain, labelled))
+        lines.append(row(f"{name} (auto)", labels, truth, voxel_ml, seconds, decided, brain, labelled,
+                         np.asanyarray(img3.dataobj)))
         stripped = nib.Nifti1Image(np.where(labelled, np.asanyarray(img3.dataobj), 0).astype(np.float32), img3.affine)
         labels, _, decided, seconds = segment(predictor, extractor, stripped, name, "no")
         lines.append(row(f"{name} stripped by its labels (no)", labels, truth, voxel_ml, seconds, decided))
@@ -88,7 +91,8 @@ def main():
         voxel_ml = float(np.prod(img3.header.get_zooms()[:3])) / 1000
         for mode in ("auto", "no"):
             labels, brain, decided, seconds = segment(predictor, extractor, img3, "IBSR_07", mode)
-            lines.append(row(f"IBSR_07 ({mode})", labels, truth, voxel_ml, seconds, decided, brain, truth < 2))
+            lines.append(row(f"IBSR_07 ({mode})", labels, truth, voxel_ml, seconds, decided, brain, truth < 2,
+                             np.asanyarray(img3.dataobj)))
             print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     print(text)

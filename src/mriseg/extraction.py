@@ -7,6 +7,8 @@ cerebellum and brainstem with the CSF between them, without the skull, the dura 
 eyes and the neck. Everything about the extractor is in this module: a better one is a change of this
 file (benchmarks/results/brain-extraction/ records how each candidate was measured).
 """
+import warnings
+
 import numpy as np
 
 from .errors import MrisegError
@@ -36,7 +38,9 @@ class BrainExtractor:
         except ImportError as e:
             raise ExtractorError(f"brain extraction needs {EXTRACTOR} (pip install deepbet==1.0.2): {e}") from None
         try:
-            self.bet = BrainExtraction(no_gpu=device.type != "cuda")
+            with warnings.catch_warnings():  # torch.jit.load's deprecation notice, once per run: not the user's
+                warnings.simplefilter("ignore", FutureWarning)
+                self.bet = BrainExtraction(no_gpu=device.type != "cuda")
         except (OSError, RuntimeError, ValueError) as e:
             raise ExtractorError(f"cannot load {EXTRACTOR}'s weights: {str(e).splitlines()[0] if str(e) else e}") \
                 from None
@@ -59,14 +63,20 @@ class BrainExtractor:
 
 
 def already_extracted(image, brain):
-    """Whether a 3-D image was skull-stripped before: its bright voxels (above the 2nd percentile of the
-    non-zero ones) lie within ALREADY_MARGIN voxels of the extracted brain, all but ALREADY_OUTSIDE."""
+    """Whether a 3-D image was skull-stripped before: all but ALREADY_OUTSIDE of its bright voxels lie
+    within ALREADY_MARGIN voxels of the extracted brain."""
+    return share_outside(image, brain) <= ALREADY_OUTSIDE
+
+
+def share_outside(image, brain):
+    """The share of an image's bright voxels (above the 2nd percentile of the non-zero ones) farther than
+    ALREADY_MARGIN voxels from the brain mask: a head's scalp, skull and neck; 1 for an image of zeros."""
     from scipy import ndimage
 
     image = np.asarray(image, dtype=np.float32)
     nonzero = image[image > 0]
     if not nonzero.size:
-        return False
+        return 1.0
     bright = image > np.percentile(nonzero, 2)
     near = ndimage.binary_dilation(brain, iterations=ALREADY_MARGIN)
-    return float((bright & ~near).sum()) / max(int(bright.sum()), 1) <= ALREADY_OUTSIDE
+    return float((bright & ~near).sum()) / max(int(bright.sum()), 1)

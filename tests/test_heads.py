@@ -1,0 +1,138 @@
+"""Whole-head scans: brain extraction in front of the views (extraction.py), brain volume and quality control
+(qc.py) in `mriseg predict`. Real heads from ../shared/data/freesurfer-dev where present."""
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT, mriseg
+from mriseg.extraction import BrainExtractor, already_extracted
+from mriseg.qc import cohort_flags, volume_flags
+
+HEADS = ROOT.parent / "shared" / "data" / "freesurfer-dev"
+needs_heads = pytest.mark.skipif(not HEADS.is_dir(), reason=f"needs the FreeSurfer heads at {HEADS}")
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return BrainExtractor(torch.device("cpu"))
+
+
+def labelled_brain(path):
+    return np.asanyarray(nib.load(path).dataobj) > 0
+
+
+@needs_heads
+def test_the_extractor_finds_the_brain_of_a_head_and_tells_a_stripped_one(extractor):
+    head = nib.load(HEADS / "swm-01" / "T1.nii.gz")
+    brain = extractor.mask(head, "swm-01")
+    truth = labelled_brain(HEADS / "swm-01" / "aparc.DKTatlas+aseg.nii.gz")
+    assert brain.shape == head.shape and brain.dtype == bool  # on the input's own grid (LIA here)
+    assert 2 * (brain & truth).sum() / (brain.sum() + truth.sum()) > 0.9
+    assert not already_extracted(np.asanyarray(head.dataobj), brain)
+    stripped = nib.load(HEADS / "niivue-01" / "mri" / "norm.mgz")
+    assert already_extracted(np.asanyarray(stripped.dataobj), extractor.mask(stripped, "niivue-01"))
+
+
+def test_flags_say_what_to_look_at():
+    labels = np.full((20, 20, 20), 2, np.uint8)
+    labels[5:15, 5:15, 5:15] = 1
+    labels[8:12, 8:12, 8:12] = 0
+    brain = np.zeros(labels.shape, bool)
+    brain[4:16, 4:16, 4:16] = True
+    assert volume_flags(labels, brain, 1200.0) == []
+    touching = brain.copy()
+    touching[0] = True
+    labels[1, 1, 1] = 1  # a speck of tissue far from the rest
+    labels[5:15, 5:15, 5:7] = 2
+    flags = volume_flags(labels, touching, 300.0)
+    assert flags[0] == "brain mask touches the image border" and "brain 300 ml outside 800-2000 ml" in flags
+    assert volume_flags(np.full((8, 8, 8), 2, np.uint8)) == ["no white matter", "no gray matter"]
+    split = np.full((20, 20, 20), 2, np.uint8)
+    split[2:6, 2:6, 2:6], split[12:18, 12:18, 12:18] = 0, 1
+    assert any(f.startswith("tissue in pieces") for f in volume_flags(split))
+    ratios = [1.50, 1.55, 1.60, 1.52, 1.58, 3.10]
+    assert [bool(f) for f in cohort_flags(ratios)] == [False] * 5 + [True]
+    assert cohort_flags(ratios[:4]) == [""] * 4, "fewer than 5 volumes: no cohort to judge against"
+
+
+def test_an_image_without_a_brain_keeps_a_marked_row_and_the_others_go_on(checkpoint, tmp_path):
+    from conftest import synthetic_volume
+
+    image, _, affine = synthetic_volume(np.random.default_rng(0))
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "brain.nii.gz")
+    nib.save(nib.Nifti1Image(np.full((40, 44, 36), 7, np.int16), affine), tmp_path / "constant.nii.gz")
+    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out", tmp_path / "constant.nii.gz",
+               tmp_path / "brain.nii.gz")
+    assert r.returncode == 1
+    errors = [line for line in r.stderr.splitlines() if line.startswith("predict: error:")]
+    assert errors == [f"predict: error: {tmp_path / 'constant.nii.gz'}: constant image: no brain to extract"]
+    table = pd.read_csv(tmp_path / "out" / "volumes.csv")
+    assert list(table["qc"].str.startswith("failed: ")) == [True, False]
+    assert table["white_matter_ml"].isna().tolist() == [True, False]
+    assert table["skull_strip"][1] == "already extracted"  # the toy brain lies on a zero background
+    assert not list((tmp_path / "out").glob("constant_*"))
+    assert (tmp_path / "out" / "qc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unreadable_extractor_weights_stop_before_anything_is_written(checkpoint, tmp_path, monkeypatch):
+    import deepbet
+
+    from conftest import synthetic_volume
+
+    def unreadable(*args, **kwargs):
+        raise RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory")
+
+    monkeypatch.setattr(deepbet, "BrainExtraction", unreadable)
+    image, _, affine = synthetic_volume(np.random.default_rng(0))
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "scan.nii.gz")
+    r = mriseg("predict", "--model", checkpoint, "--out", tmp_path / "out", tmp_path / "scan.nii.gz")
+    assert r.returncode == 2 and r.stderr.strip() == ("predict: error: cannot load deepbet 1.0.2's weights: "
+                                                      "PytorchStreamReader failed reading zip archive: failed "
+                                                      "finding central directory"), r.stderr
+    assert not (tmp_path / "out").exists()
+    r = mriseg("predict", "--model", checkpoint, "--skull-strip", "no", "--out", tmp_path / "out",
+               tmp_path / "scan.nii.gz")
+    assert r.returncode == 0, "without extraction the weights are never read"
+
+
+@needs_heads
+@pytest.mark.slow  # the shipped model's three views over a 256^3 head: about 30 s on 2 cores
+def test_a_head_gets_a_brain_mask_a_brain_volume_and_no_tissue_outside_the_brain(tmp_path):
+    head = HEADS / "swm-01" / "T1.nii.gz"
+    r = mriseg("predict", "--out", tmp_path, head)
+    assert r.returncode == 0, r.stderr
+    row = pd.read_csv(tmp_path / "volumes.csv").iloc[0]
+    assert row["skull_strip"] == "extracted" and row["qc"] == "ok"
+    assert 1000 < row["brain_ml"] < 1800
+    assert row["gray_matter_fraction"] == pytest.approx(row["gray_matter_ml"] / row["brain_ml"])
+    image, mask_img, brain_img = (nib.load(p) for p in (head, tmp_path / "T1_mask.nii.gz",
+                                                         tmp_path / "T1_brainmask.nii.gz"))
+    for out in (mask_img, brain_img):
+        assert out.shape == image.shape and np.allclose(out.affine, image.affine)
+    mask, brain = np.asanyarray(mask_img.dataobj), np.asanyarray(brain_img.dataobj) > 0
+    assert (mask[~brain] == 2).all(), "tissue outside the brain mask is background"
+    from scipy import ndimage
+
+    near_brain = ndimage.binary_dilation(labelled_brain(HEADS / "swm-01" / "aparc.DKTatlas+aseg.nii.gz"),
+                                         iterations=3)
+    assert ((mask < 2) & ~near_brain).sum() < 0.005 * (mask < 2).sum(), "scalp, skull or face labelled tissue"
+    truth = np.asanyarray(nib.load(HEADS / "swm-01" / "aparc.DKTatlas+aseg.nii.gz").dataobj)
+    from mriseg.labels import map_labels
+
+    truth = map_labels([truth], "freesurfer-aseg")
+    for c, floor in ((0, 0.88), (1, 0.84)):
+        assert 2 * ((mask == c) & (truth == c)).sum() / ((mask == c).sum() + (truth == c).sum()) > floor
+
+
+@needs_heads
+@pytest.mark.slow
+def test_auto_leaves_an_extracted_ibsr_subject_as_it_was(checkpoint, tmp_path):
+    ibsr = ROOT.parent / "shared" / "data" / "ibsr18-dev" / "IBSR_07.nii.gz"
+    for mode in ("auto", "no"):
+        r = mriseg("predict", "--model", checkpoint, "--skull-strip", mode, "--out", tmp_path / mode, ibsr)
+        assert r.returncode == 0, r.stderr
+    auto, plain = (np.asanyarray(nib.load(tmp_path / m / "IBSR_07_mask.nii.gz").dataobj) for m in ("auto", "no"))
+    assert np.array_equal(auto, plain)
+    assert pd.read_csv(tmp_path / "auto" / "volumes.csv")["skull_strip"][0] == "already extracted"

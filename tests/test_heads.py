@@ -43,7 +43,7 @@ def test_flags_say_what_to_look_at():
     brain[4:16, 4:16, 4:16] = True
     assert volume_flags(labels, brain, 1200.0) == []
     touching = brain.copy()
-    touching[0] = True
+    touching[0] = True  # a whole face of the image
     labels[1, 1, 1] = 1  # a speck of tissue far from the rest
     labels[5:15, 5:15, 5:7] = 2
     flags = volume_flags(labels, touching, 300.0)

@@ -81,9 +81,28 @@ def thumbnails(image, labels, brain, size=128):
     return out
 
 
-def save_pages(rows, load_thumbs, out_dir):
-    """qc.png (and qc-2.png, ... past PAGE rows): rows are (name, qc), load_thumbs(i) the i-th row's
-    thumbnails. Returns the pages written."""
+def save_thumbs(path, image, labels, brain, affine):
+    """What qc.png shows of a volume, in RAS+ orientation, saved to an .npz (arrays, no pickles): a cohort's
+    thumbnails wait on disk, not in memory. Returns path."""
+    import nibabel as nib
+
+    def canonical(array):
+        return np.asanyarray(nib.as_closest_canonical(nib.Nifti1Image(np.asarray(array), affine)).dataobj)
+
+    views = thumbnails(canonical(image.astype(np.float32)), canonical(labels),
+                       canonical(brain.astype(np.uint8)).astype(bool) if brain is not None else None)
+    np.savez(path, **{f"{k}{i}": v[k] for i, v in enumerate(views) for k in v})
+    return path
+
+
+def load_thumbs(path):
+    with np.load(path, allow_pickle=False) as z:
+        return [{k: z[f"{k}{i}"] for k in ("image", "labels", "brain")} for i in range(3)]
+
+
+def save_pages(rows, thumb_files, out_dir):
+    """qc.png (and qc-2.png, ... past PAGE rows): rows are (name, qc), thumb_files their save_thumbs files.
+    Returns the pages written."""
     from pathlib import Path
 
     from .reporting import TISSUE_COLOURS, plt, save_figure
@@ -93,7 +112,7 @@ def save_pages(rows, load_thumbs, out_dir):
         chunk = rows[start:start + PAGE]
         fig, axes = plt.subplots(len(chunk), 3, figsize=(7.5, 2.6 * len(chunk)), squeeze=False)
         for r, (name, flags) in enumerate(chunk):
-            for c, view in enumerate(load_thumbs(start + r)):
+            for c, view in enumerate(load_thumbs(thumb_files[start + r])):
                 ax = axes[r, c]
                 ax.imshow(view["image"], cmap="gray")
                 ax.imshow(np.ma.masked_equal(view["labels"], 2), cmap=TISSUE_COLOURS, vmin=0, vmax=1, alpha=0.45,

@@ -63,7 +63,6 @@ def save_volume(img, path, ext):
         tmp.unlink(missing_ok=True)
 
 
-
 def check_inputs(files):
     """Outputs are named after the input's stem: two inputs must not share one."""
     if not files:
@@ -104,7 +103,7 @@ def voxel_ml_of(img):
 
 def segment_volume(predictor, path, out_dir, labels, written, log, extractor=None, skull_strip="no", thumbs=None):
     """A volume's mask (on its own grid), brain mask (with an extractor) and overlay; its row of volumes.csv.
-    thumbs(stem, image, labels, brain): keeps what qc.png shows of it."""
+    thumbs(stem, image, labels, brain, affine): keeps what qc.png shows of it."""
     from .qc import volume_flags
     from .reporting import plot_overlay
     from .volumes import load_volume, volume_stem
@@ -199,6 +198,7 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
 
     from .extraction import SKULL_STRIP, BrainExtractor
     from .labels import SourceError, parse_labels
+    from .qc import add_cohort_flags, save_pages, save_thumbs
     from .volumes import is_volume
 
     if skull_strip not in SKULL_STRIP:
@@ -242,13 +242,19 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
         columns = VOLUME_COLUMNS + (REFERENCE_COLUMNS if labels is not None else [])
         table = pd.DataFrame(rows, columns=["input", *columns])
         if n == 1:
-            write_table(table.drop(columns="input"), out_dir / "volumes.csv", with_cohort=True)
+            table = add_cohort_flags(table)  # each volume's white/gray ratio judged against the run's others too
+            write_table(table.drop(columns="input"), out_dir / "volumes.csv")
             log(f"segmented {len(rows)} of {len(files)} inputs -> {out_dir} (volumes.csv)")
-            save_qc_pages(table, shown, out_dir, log)
+            if shown:
+                flags = dict(zip(table["file"].map(lambda f: output_stem(Path(f))), table["qc"]))
+                pages = save_pages([(stem, flags.get(stem, "")) for stem, _ in shown], [f for _, f in shown], out_dir)
+                flagged = sum(flags.get(stem, "") != "ok" for stem, _ in shown)
+                log(f"quality control: {', '.join(p.name for p in pages)} in {out_dir} ({flagged} of {len(shown)} "
+                    "volumes flagged)")
             return failed
     table.insert(1, "inputs", len(files))
     table.insert(2, "input_list", input_list_id(files))
-    write_table(table, out_dir / part_name(k, n), with_cohort=False)  # numbered in the whole list, for merge_parts
+    write_table(table, out_dir / part_name(k, n))  # numbered in the whole input list; merge_parts judges the ratios
     log(f"part {k}/{n}: segmented {len(rows)} of its {len(mine)} inputs -> {out_dir / part_name(k, n)}")
     if world > 1:
         barrier()
@@ -285,54 +291,9 @@ def segment_one(predictor, index, path, out_dir, labels, pixel_size, slice_thick
     return {**head, "gray_white_ratio": gm / wm if wm else float("nan"), **row}
 
 
-def write_table(table, path, with_cohort):
-    """volumes.csv (or a part of it), written whole or not at all; with_cohort: each volume's white/gray ratio
-    judged against the run's others too (qc.cohort_flags)."""
+def write_table(table, path):
+    """volumes.csv (or a part of it), written whole or not at all."""
     from .io import atomic_path
-    from .qc import add_cohort_flags
 
-    if with_cohort:
-        table = add_cohort_flags(table)
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
-
-
-def save_thumbs(path, image, labels3, brain, affine):
-    """What qc.png shows of a volume, in RAS+ orientation, saved as arrays (no pickles)."""
-    import nibabel as nib
-
-    from .qc import thumbnails
-
-    def canonical(array):
-        return np.asanyarray(nib.as_closest_canonical(nib.Nifti1Image(np.asarray(array), affine)).dataobj)
-
-    views = thumbnails(canonical(image.astype(np.float32)), canonical(labels3),
-                       canonical(brain.astype(np.uint8)).astype(bool) if brain is not None else None)
-    np.savez(path, **{f"{k}{i}": v[k] for i, v in enumerate(views) for k in v})
-    return path
-
-
-def save_qc_pages(table, shown, out_dir, log):
-    """qc.png from the kept thumbnails, each row titled with its volume's final qc."""
-    import pandas as pd
-
-    from .qc import save_pages
-
-    if not shown:
-        return
-    flags = dict(zip(table["file"].map(lambda f: output_stem(Path(f))), add_cohort_flags_of(table)))
-    rows = [(stem, flags.get(stem, "")) for stem, _ in shown]
-
-    def load(i):
-        with np.load(shown[i][1], allow_pickle=False) as z:
-            return [{k: z[f"{k}{v}"] for k in ("image", "labels", "brain")} for v in range(3)]
-
-    pages = save_pages(rows, load, out_dir)
-    log(f"quality control: {', '.join(p.name for p in pages)} in {out_dir}"
-        f" ({int((pd.Series([f for _, f in rows]) != 'ok').sum())} of {len(rows)} volumes flagged)")
-
-
-def add_cohort_flags_of(table):
-    from .qc import add_cohort_flags
-
-    return list(add_cohort_flags(table.drop(columns="input"))["qc"])

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mriseg.devices import cpu_name  # noqa: E402
-from train_throughput import commit  # noqa: E402
+from train_throughput import commit, publish  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HEADS = {"swm-01": ("freesurfer-dev/swm-01/T1.nii.gz", "freesurfer-dev/swm-01/aparc.DKTatlas+aseg.nii.gz"),
@@ -31,13 +31,12 @@ def dice(a, b):
 
 
 def segment(predictor, extractor, img3, where, skull_strip):
-    from mriseg.segment import strip_skull
+    """As `mriseg predict` segments a volume (segment.segment_image), timed."""
+    from mriseg.segment import segment_image
 
     t0 = time.perf_counter()
-    seen, brain, decided = strip_skull(extractor if skull_strip != "no" else None, img3, where, skull_strip)
-    labels = predictor.predict_image(seen)[0]
-    if decided == "extracted":
-        labels[~brain] = 2
+    labels, brain, decided = segment_image(predictor, extractor if skull_strip != "no" else None, img3, where,
+                                           skull_strip)[:3]
     return labels, brain, decided, time.perf_counter() - t0
 
 
@@ -94,11 +93,7 @@ def main():
             lines.append(row(f"IBSR_07 ({mode})", labels, truth, voxel_ml, seconds, decided, brain, truth < 2,
                              np.asanyarray(img3.dataobj)))
             print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mriseg.devices import cpu_name  # noqa: E402
-from train_throughput import commit  # noqa: E402
+from train_throughput import commit, publish  # noqa: E402
 
 
 def mni152_heads(folder):
@@ -78,10 +78,7 @@ def main():
              f"Commit {commit()}. Model: {args.model}. Median (min) of {args.repeats} runs after a warm-up.", "",
              "| views | input (197 x 233 x 189, 1 mm) | seconds per volume | fastest |", "|---|---|---|---|"]
     lines += [f"| {v} | {name} | {med:.1f} | {fast:.1f} |" for v, name, med, fast in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

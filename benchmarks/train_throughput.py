@@ -112,6 +112,15 @@ def commit():
     return head.stdout.strip() + ("+dirty" if dirty.strip() else "")
 
 
+def publish(lines, out=None):
+    """A benchmark's record: printed, and written to `out` (a markdown file) when given."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+
+
 def worker(args):
     device = torch.device(args.device)
     folder = Path(args.folder)

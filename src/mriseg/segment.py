@@ -97,6 +97,16 @@ def strip_skull(extractor, img3, path, skull_strip):
     return nib.Nifti1Image(np.where(brain, data, 0).astype(np.float32), img3.affine), brain, "extracted"
 
 
+def segment_image(predictor, extractor, img3, path, skull_strip):
+    """(labels on a 3-D image's own grid, its brain mask or None, the skull_strip column, displayed slices and
+    labels): strip_skull, then the views."""
+    seen, brain, stripped = strip_skull(extractor, img3, path, skull_strip)
+    labels, shown, shown_labels = predictor.predict_image(seen)
+    if stripped == "extracted":
+        labels[~brain] = 2  # tissue outside the brain is background
+    return labels, brain, stripped, shown, shown_labels
+
+
 def voxel_ml_of(img):
     return float(np.prod(img.header.get_zooms()[:3])) / 1000.0
 
@@ -110,10 +120,7 @@ def segment_volume(predictor, path, out_dir, labels, written, log, extractor=Non
 
     stem, ext = output_stem(path), volume_stem(path)[1]
     img, img3 = load_volume(path)
-    seen, brain, stripped = strip_skull(extractor, img3, path, skull_strip)
-    labels3, shown, shown_labels = predictor.predict_image(seen)
-    if stripped == "extracted":
-        labels3[~brain] = 2  # tissue outside the brain is background
+    labels3, brain, stripped, shown, shown_labels = segment_image(predictor, extractor, img3, path, skull_strip)
     voxel_ml = voxel_ml_of(img)
     wm, gm = tissue_counts(labels3)
     row = {"white_matter_voxels": wm, "gray_matter_voxels": gm, "white_matter_ml": wm * voxel_ml,

@@ -52,13 +52,18 @@ def cohort_flags(ratios):
             for v in z]
 
 
+def qc_text(flags):
+    """volumes.csv's qc cell: "ok", or the flags joined by "; " (empty ones left out)."""
+    return "; ".join(f for f in flags if f) or "ok"
+
+
 def add_cohort_flags(table):
     """volumes.csv's table with each volume's cohort flag (cohort_flags) joined to its qc."""
     import pandas as pd
 
     ratios = pd.to_numeric(table["gray_white_ratio"], errors="coerce")
     extra = cohort_flags(ratios)
-    qc = [flag if not extra_flag else (extra_flag if flag in ("ok", "") else f"{flag}; {extra_flag}")
+    qc = [qc_text([flag if flag != "ok" else "", extra_flag]) if extra_flag else flag
           for flag, extra_flag in zip(table["qc"].fillna("").astype(str), extra)]
     return table.assign(qc=qc)
 

@@ -114,7 +114,7 @@ def voxel_ml_of(img):
 def segment_volume(predictor, path, out_dir, labels, written, log, extractor=None, skull_strip="no", thumbs=None):
     """A volume's mask (on its own grid), brain mask (with an extractor) and overlay; its row of volumes.csv.
     thumbs(stem, image, labels, brain, affine): keeps what qc.png shows of it."""
-    from .qc import volume_flags
+    from .qc import qc_text, volume_flags
     from .reporting import plot_overlay
     from .volumes import load_volume, volume_stem
 
@@ -129,7 +129,7 @@ def segment_volume(predictor, path, out_dir, labels, written, log, extractor=Non
         brain_ml = brain.sum() * voxel_ml
         row.update({"brain_ml": brain_ml, "white_matter_fraction": wm * voxel_ml / brain_ml,
                     "gray_matter_fraction": gm * voxel_ml / brain_ml})
-    row["qc"] = "; ".join(volume_flags(labels3, brain, row.get("brain_ml"))) or "ok"
+    row["qc"] = qc_text(volume_flags(labels3, brain, row.get("brain_ml")))
     if labels is not None:
         reference = compare_with_reference(labels3, path, img3, labels, voxel_ml)
         if reference is None:
@@ -157,7 +157,7 @@ def as_image_of(img, array):
 def segment_slice(predictor, path, out_dir, pixel_size, slice_thickness, written, source):
     """A lone .npy slice's mask and overlay (a one-view model only: a slice has no plane); its row."""
     from .io import atomic_path
-    from .qc import volume_flags
+    from .qc import qc_text, volume_flags
     from .reporting import plot_overlay
     from .volumes import normalize_volume
 
@@ -177,7 +177,7 @@ def segment_slice(predictor, path, out_dir, pixel_size, slice_thickness, written
     written.append(out_dir / f"{stem}_overlay.png")
     plot_overlay(image, pred, written[-1], title=display_name(path))
     wm, gm = tissue_counts(pred)
-    row = {"white_matter_voxels": wm, "gray_matter_voxels": gm, "qc": "; ".join(volume_flags(pred)) or "ok"}
+    row = {"white_matter_voxels": wm, "gray_matter_voxels": gm, "qc": qc_text(volume_flags(pred))}
     if pixel_size:
         area = pixel_size[0] * pixel_size[-1]
         row.update({"white_matter_mm2": wm * area, "gray_matter_mm2": gm * area,

@@ -197,3 +197,12 @@ def test_archives_without_subject_names_stand_in_for_their_neighbours(tmp_path):
     said = []
     assert usable_context(df, 1, said.append) == 0 and "training on single slices" in said[0]
     assert usable_context(subject_manifest(tmp_path / "s", [1, 2]), 2, said.append) == 2 and len(said) == 1
+
+
+def test_label_context_gives_each_channel_its_own_slices_labels(tmp_path):
+    """For synthesis (train.synth) a slice's labels come with its neighbours', one per input channel, by the
+    rule its image channels follow; a slice archive's neighbour in another split lends no labels."""
+    df = subject_manifest(tmp_path, [1, 2, 3, 4, 7, 8], split_of=lambda z: "test" if z == 3 else "train")
+    x, y = stacked(SliceDataset(df, "train", context=1, label_context=True))
+    assert y.shape == x.shape and y.dtype == torch.uint8
+    assert y[:, :, 6, 5].tolist() == [[1, 1, 2], [1, 2, 2], [1, 1, 1], [1, 1, 2], [1, 2, 2]]

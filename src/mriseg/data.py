@@ -24,20 +24,21 @@ class SliceDataset(torch.utils.data.Dataset):
 
     MAX_OPEN = 256  # memory maps kept open per process (a process may hold ~65,000)
 
-    def __init__(self, manifest, split, context=0, view=None):
+    def __init__(self, manifest, split, context=0, view=None, label_context=False):
         keep = manifest["split"] == split
         if view is not None:
             keep &= manifest["view"] == view
         self.rows = manifest[keep].reset_index(drop=True)
         self.context = context
+        self.label_context = label_context  # masks [C,H,W]: every input channel's own labels (synthesis.py)
         self.views = list(self.rows["view"])
         self.images, self.masks = list(self.rows["image"]), list(self.rows["mask"])
         self.z = [int(z) for z in self.rows["z"]]
         self.neighbours = None
         if context and (self.rows["z"] < 0).any():
             files = manifest[(manifest["z"] < 0) & (manifest["slice"] >= 0)]
-            index = {(r.subject, r.slice): r.image for r in files.itertuples()}
-            self.neighbours = [[index.get((r.subject, r.slice + d), r.image) for d in self.offsets()]
+            index = {(r.subject, r.slice): r for r in files.itertuples()}
+            self.neighbours = [[neighbour(index.get((r.subject, r.slice + d)), r, split) for d in self.offsets()]
                                if r.z < 0 else None for r in self.rows.itertuples()]
         self._open = OrderedDict()
         self.frame = self._frame()
@@ -71,16 +72,26 @@ class SliceDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         z = self.z[i]
         if z >= 0:
-            volume, view = self._array(self.images[i]), self.views[i]
+            volume, masks, view = self._array(self.images[i]), self._array(self.masks[i]), self.views[i]
             n = view_shape(volume.shape, view)[0]
-            x = np.stack([view_slice(volume, view, z + d if 0 <= z + d < n else z) for d in self.offsets()])
-            y = view_slice(self._array(self.masks[i]), view, z)
+            planes = [z + d if 0 <= z + d < n else z for d in self.offsets()]
+            x = np.stack([view_slice(volume, view, p) for p in planes])
+            y = (np.stack([view_slice(masks, view, p) for p in planes]) if self.label_context
+                 else view_slice(masks, view, z))
         else:
-            paths = self.neighbours[i] if self.neighbours else [self.images[i]] * len(self.offsets())
-            x = np.stack([self._array(p) for p in paths])
-            y = self._array(self.masks[i])
+            paths = self.neighbours[i] if self.neighbours else [(self.images[i], self.masks[i])] * len(self.offsets())
+            x = np.stack([self._array(image) for image, _ in paths])
+            y = np.stack([self._array(mask) for _, mask in paths]) if self.label_context else self._array(self.masks[i])
         return (torch.from_numpy(pad_slices(np.asarray(x, np.float32), self.frame, 0)),
                 torch.from_numpy(pad_slices(np.asarray(y, np.uint8), self.frame, 2)))
+
+
+def neighbour(row, own, split):
+    """(image, mask) files of a slice file's neighbour (its own where there is none): a neighbour of another
+    split lends its pixels, never its labels."""
+    if row is None:
+        return own.image, own.mask
+    return row.image, row.mask if row.split == split else own.mask
 
 
 class Batches(torch.utils.data.Sampler):

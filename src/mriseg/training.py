@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from . import CLASS_NAMES
 from .augmentation import augment
+from .synthesis import mix_synthetic
 from .data import Feed
 from .devices import (autocast, broadcast_from_rank0, broadcast_object, describe_device, gather_over_ranks,
                       join_processes, leave_processes, rank_and_world, sum_over_ranks, use_all_cores)
@@ -26,7 +27,7 @@ from .models import FlipAveraged, build_model
 
 # `train.recipe: tutorial` puts back every training choice of the reference tutorial in one setting.
 TUTORIAL_RECIPE = {"lr": 3e-4, "batch_size": 16, "loss": "bce", "augment": False, "schedule": "constant",
-                   "stem_init": "random", "context": 0, "flip_tta": False, "width": 16}
+                   "stem_init": "random", "context": 0, "flip_tta": False, "width": 16, "synth": 0.0}
 
 
 class SettingsError(ParamsError):
@@ -141,6 +142,8 @@ def train_epoch(step_model, feed, order, opt, cfg, augment_gen, mirror, device, 
     cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long, device=device)
     for xb, yb in tqdm(feed(order), total=math.ceil(len(order) / batch_size), unit="batch", desc=desc, leave=False,
                        disable=not show):
+        if cfg.get("synth"):
+            xb, yb = mix_synthetic(xb, yb, augment_gen, cfg["synth"], cfg.get("context", 0))
         if cfg.get("augment"):
             xb, yb = augment(xb, yb, augment_gen, cfg.get("bias_field", 0.0), flip=mirror)
         with autocast(device, amp):
@@ -198,6 +201,11 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     if channels != 2 * context + 1:
         raise SettingsError(f"train.context={context} needs {2 * context + 1} input channels, the data has {channels}")
 
+    if cfg.get("synth"):
+        train_set.label_context = True  # synthesis draws each input channel from its own slice's labels
+        if train_set[0][1].shape != train_set[0][0].shape:
+            raise SettingsError(f"train.synth={cfg['synth']} needs the labels of every input channel: train on a "
+                                "data.SliceDataset")
     feeds = make_feeds(cfg, train_set, eval_sets, device, world, eval_batch_size, channels_last)
     model = build_model(model_name, pretrained=cfg["pretrained"], stem_init=cfg.get("stem_init", "random"),
                         in_channels=channels, width=cfg.get("width", 16))

@@ -1,0 +1,94 @@
+"""A grid of real IBSR slices beside images synthesised from their labels (mriseg.synthesis), to look at:
+each row one slice (axial, coronal, sagittal in turn), the real image, its labels, then synthetic draws.
+Also times synthesis per batch against the batch's training step.
+
+    python benchmarks/synthetic_samples.py [--out docs/images/synthetic-samples.png]
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+IBSR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ibsr18-dev"
+
+
+def slices_with_context(image, mask, view, z):
+    from mriseg.volumes import pad_slices, view_slice
+
+    x = np.stack([view_slice(image, view, z + d) for d in (-1, 0, 1)])
+    y = np.stack([view_slice(mask, view, z + d) for d in (-1, 0, 1)])
+    frame = (max(x.shape[1:]) + 15) // 16 * 16
+    return (torch.from_numpy(pad_slices(x.astype(np.float32), (frame, frame), 0)),
+            torch.from_numpy(pad_slices(y.astype(np.uint8), (frame, frame), 2)))
+
+
+def main():
+    from mriseg.scans import working_volumes
+    from mriseg.synthesis import mix_synthetic, synthesize
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="docs/images/synthetic-samples.png")
+    ap.add_argument("--draws", type=int, default=5)
+    args = ap.parse_args()
+    if not IBSR.is_dir():
+        sys.exit(f"{IBSR}: not found (the IBSR development set in ../shared)")
+    rows = []
+    for subject, view, at in (("IBSR_01", "axial", 0.55), ("IBSR_05", "coronal", 0.5), ("IBSR_09", "sagittal", 0.4),
+                              ("IBSR_16", "axial", 0.35)):
+        image, mask = working_volumes(IBSR / f"{subject}.nii.gz", [IBSR / f"{subject}_seg.nii.gz"], "ibsr", None,
+                                      1.0)[:2]
+        from mriseg.volumes import view_shape
+        z = int(view_shape(image.shape, view)[0] * at)
+        rows.append(slices_with_context(image, mask, view, z))
+    size = max(x.shape[-1] for x, _ in rows)
+    x = torch.stack([torch.nn.functional.pad(a, (0, size - a.shape[-1], 0, size - a.shape[-2])) for a, _ in rows])
+    y = torch.stack([torch.nn.functional.pad(b, (0, size - b.shape[-1], 0, size - b.shape[-2]), value=2)
+                     for _, b in rows])
+    gen = torch.Generator().manual_seed(0)
+    draws = [synthesize(y, x, gen) for _ in range(args.draws)]
+    fig, axes = plt.subplots(len(rows), 2 + args.draws, figsize=(2 * (2 + args.draws), 2 * len(rows)))
+    for r in range(len(rows)):
+        axes[r, 0].imshow(x[r, 1], cmap="gray", vmin=0, vmax=1)
+        axes[r, 1].imshow(y[r, 1], cmap="viridis", vmin=0, vmax=2)
+        for k, (images, labels) in enumerate(draws):
+            axes[r, 2 + k].imshow(images[r, 1], cmap="gray", vmin=0, vmax=1)
+            axes[r, 2 + k].contour(labels[r, 1] < 2, levels=[0.5], colors="r", linewidths=0.4)
+    for ax, title in zip(axes[0], ["real (IBSR)", "labels"] + [f"synthetic {k + 1}" for k in range(args.draws)]):
+        ax.set_title(title, fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("mriseg.synthesis: images drawn from the labels (red: the tissue the target keeps)", fontsize=10)
+    fig.tight_layout()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=80)
+    print(f"wrote {args.out}")
+
+    # Time: a batch of 4 as training draws it (train.synth 1 and 0.5) against the UNet's step on it.
+    from mriseg.models import build_model
+    model = build_model("unet", pretrained=False, in_channels=3, width=32)
+    opt = torch.optim.Adam(model.parameters())
+    def step():
+        loss = model(x).float().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for name, run in (("synthesis, all 4 samples", lambda: mix_synthetic(x, y, gen, 1.0, 1)),
+                      ("synthesis, train.synth 0.5", lambda: mix_synthetic(x, y, gen, 0.5, 1)),
+                      ("UNet training step (width 32)", step)):
+        run()
+        t0 = time.perf_counter()
+        for _ in range(5):
+            run()
+        print(f"| {name} | {(time.perf_counter() - t0) / 5 * 1000:.0f} ms per batch of 4 at {size}x{size} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""The synthetic-image generator on its own (mriseg.synthesis), and train.synth in real training."""
+import numpy as np
+import pytest
+import torch
+
+from mriseg.errors import ParamsError
+from mriseg.params import load_params
+from mriseg.synthesis import fill_holes, mix_synthetic, outside_distance, synthesize
+
+
+def brain_batch(n=4, c=3, h=64, w=64):
+    """Slices of an ellipse of gray matter around white matter, with a ventricle (background inside)."""
+    rows, cols = np.mgrid[:h, :w]
+    r = ((rows - h / 2) / (0.35 * h)) ** 2 + ((cols - w / 2) / (0.3 * w)) ** 2
+    labels = np.full((h, w), 2, np.uint8)
+    labels[r < 1] = 1
+    labels[r < 0.6] = 0
+    labels[r < 0.08] = 2
+    y = torch.from_numpy(np.stack([np.stack([labels] * c)] * n))
+    x = torch.where(y == 0, 0.8, torch.where(y == 1, 0.5, 0.0)) + 0.05 * torch.rand(y.shape, generator=torch.Generator().manual_seed(1))
+    return x * (y < 2), y
+
+
+def test_a_seed_repeats_a_draw_bit_for_bit_and_another_draw_differs():
+    x, y = brain_batch()
+    a = synthesize(y, x, torch.Generator().manual_seed(3))
+    b = synthesize(y, x, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    synthesize(y, x, gen)
+    c = synthesize(y, x, gen)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+    assert a[0].dtype == torch.float32 and a[0].shape == x.shape and 0 <= a[0].min() and a[0].max() <= 1
+
+
+def test_each_draw_gives_the_tissues_new_intensities():
+    x, y = brain_batch(n=16)
+    gen = torch.Generator().manual_seed(0)
+    images, labels = synthesize(y, x, gen)
+    white = torch.stack([images[i][labels[i] == 0].mean() for i in range(16)])
+    gray = torch.stack([images[i][labels[i] == 1].mean() for i in range(16)])
+    assert white.std() > 0.1 and gray.std() > 0.1  # contrast drawn per sample
+    assert (white < gray).any() and (white > gray).any()  # any contrast, T1-like or inverted
+
+
+def test_no_synthetic_head_tissue_is_labelled_and_labels_stay_the_anatomy():
+    """Every pixel labelled tissue after synthesis was tissue before it (up to the smooth warp, a few
+    pixels at the boundaries); tissue that a synthetic skull-strip cut away is background with a zero image;
+    whole heads have signal outside the brain, all of it background."""
+    x, y = brain_batch(n=32)
+    images, labels = synthesize(y, x, torch.Generator().manual_seed(5))
+    was_tissue = y < 2
+    near = torch.nn.functional.max_pool2d(was_tissue.float().flatten(0, 1)[:, None], 9, 1, 4)[:, 0] > 0
+    assert (labels.flatten(0, 1)[~near] == 2).all(), "tissue far from the brain's labels"
+    assert ((labels < 2) == was_tissue).float().mean() > 0.97
+    outside = ~near.view(labels.shape)
+    heads = (images * outside).flatten(1).amax(1) > 0.2
+    assert heads.sum() >= 8, "some draws carry a head around the brain"
+    assert set(labels.unique().tolist()) <= {0, 1, 2}
+
+
+def test_a_synthetic_skull_strip_zeroes_the_image_outside_what_it_keeps():
+    x, y = brain_batch(n=32)
+    images, labels = synthesize(y, x, torch.Generator().manual_seed(7))
+    far = outside_distance(fill_holes(y < 2)) > 10  # past what a strip keeps: 6 pixels, roughened by 3
+    stripped = [i for i in range(32) if (images[i][far[i]] == 0).all()]
+    assert 4 <= len(stripped) < 32
+    whole = [i for i in range(32) if i not in stripped]
+    assert all((images[i] > 0).float().mean() > 0.5 for i in whole[:4])  # a whole head's air has noise
+
+
+def test_holes_are_filled_and_distance_grows_outward():
+    x, y = brain_batch(n=1, c=1)
+    tissue = y < 2
+    brain = fill_holes(tissue)
+    assert brain[0, 0, 32, 32] and not tissue[0, 0, 32, 32]  # the ventricle is inside the brain
+    d = outside_distance(brain)
+    assert (d[brain] == 0).all() and (d[~brain] >= 1).all()
+    assert d[0, 0, 32, 0] > d[0, 0, 32, 8] > 0  # farther from the brain, farther away
+
+
+def test_share_zero_draws_nothing_and_a_share_replaces_some_samples():
+    x, y = brain_batch(n=8)
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    same, centre = mix_synthetic(x, y, gen, 0.0, 1)
+    assert same is x and torch.equal(centre, y[:, 1]) and torch.equal(gen.get_state(), state)
+    mixed, _ = mix_synthetic(x, y, gen, 0.5, 1)
+    replaced = [not torch.equal(mixed[i], x[i]) for i in range(8)]
+    assert 0 < sum(replaced) < 8
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, "half", True])
+def test_bad_synth_is_one_clear_line(tmp_path, value):
+    (tmp_path / "params.yaml").write_text(f"model: unet\ntrain:\n  synth: {value}\n")
+    with pytest.raises(ParamsError, match=r"params.yaml: train.synth must be a number from 0 to 1 .*got"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_synth_zero_trains_exactly_as_before(tmp_path, monkeypatch):
+    """train.synth 0: the generator is never called and nothing is drawn, so training is today's to the last
+    digit (the same checkpoint history as without the setting)."""
+    import mriseg.training
+    from test_training import run_train
+
+    before = run_train(tmp_path, "before", epochs=2, augment=True)["history"]
+    monkeypatch.setattr(mriseg.training, "mix_synthetic", lambda *a: pytest.fail("synthesis ran at train.synth 0"))
+    assert run_train(tmp_path, "zero", epochs=2, augment=True, synth=0.0)["history"] == before
+
+
+def cohort_manifest(tmp_path, subjects=("A", "B")):
+    """Two (X, Y, Z) brain volumes on disk and their axial slices, as the train stage's manifest lists them."""
+    import pandas as pd
+
+    x, y = brain_batch(n=1, c=8, h=48, w=48)
+    rows = []
+    for s in subjects:
+        np.save(tmp_path / f"{s}.image.npy", x[0].permute(1, 2, 0).numpy().copy())
+        np.save(tmp_path / f"{s}.labels.npy", y[0].permute(1, 2, 0).numpy().copy())
+        rows += [{"image": str(tmp_path / f"{s}.image.npy"), "mask": str(tmp_path / f"{s}.labels.npy"),
+                  "ix": f"{s}:axial:{z}", "subject": s, "slice": z, "view": "axial", "z": z, "split": "train"}
+                 for z in range(1, 7)]
+    return pd.DataFrame(rows)
+
+
+def test_synthetic_training_reads_every_channels_labels_and_repeats_with_its_seed(tmp_path):
+    from mriseg.data import SliceDataset
+    from mriseg.training import SettingsError, resolve_recipe, train
+    from test_training import CFG, TEST, TRAIN, dataset
+
+    manifest = cohort_manifest(tmp_path)
+    cfg = resolve_recipe({**CFG, "epochs": 2, "context": 1, "augment": True, "synth": 0.5})
+    runs = [train(cfg, "unet", SliceDataset(manifest, "train", context=1), {}, tmp_path / f"{k}.pt",
+                  tmp_path / f"{k}.r.pt", extra={"axis": "axial"})["history"] for k in "ab"]
+    assert runs[0] == runs[1] and np.isfinite(runs[0][-1]["train_loss"])
+    real = train({**cfg, "synth": 0.0}, "unet", SliceDataset(manifest, "train", context=1), {}, tmp_path / "c.pt",
+                 tmp_path / "c.r.pt", extra={"axis": "axial"})["history"]
+    assert real != runs[0]
+    with pytest.raises(SettingsError, match="train.synth=0.5 needs the labels of every input channel"):
+        train({**CFG, "synth": 0.5}, "unet", dataset(TRAIN), {"test": dataset(TEST)}, tmp_path / "d.pt",
+              tmp_path / "d.r.pt")

@@ -19,22 +19,30 @@ from mriseg.devices import cpu_name  # noqa: E402
 from train_throughput import commit  # noqa: E402
 
 
-def main():
+def template():
+    """The skull-stripped MNI152 2009 template (a 3-D image) and its tissue labels (each voxel's most probable
+    class of nilearn's maps, inside the template's brain mask)."""
     from nilearn import datasets
 
+    from mriseg.sample import labels_from_probabilities, mni152_volumes
+
+    t1, gm, wm, affine = mni152_volumes()
+    brain = datasets.load_mni152_brain_mask(resolution=1).get_fdata() > 0
+    truth = np.where(brain, labels_from_probabilities(wm, gm), 2)
+    return nib.Nifti1Image((t1 * brain).astype(np.float32), affine), truth
+
+
+def main():
     from mriseg.metrics import confusion_of, subject_scores
     from mriseg.models import SHIPPED_MODEL
     from mriseg.prediction import Predictor
-    from mriseg.sample import labels_from_probabilities, mni152_volumes
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(SHIPPED_MODEL))
     p.add_argument("--save-input", help="also write the skull-stripped template it segments (the README's example)")
     args = p.parse_args()
-    t1, gm, wm, affine = mni152_volumes()
-    brain = datasets.load_mni152_brain_mask(resolution=1).get_fdata() > 0
-    truth = np.where(brain, labels_from_probabilities(wm, gm), 2)
-    img3 = nib.Nifti1Image((t1 * brain).astype(np.float32), affine)
+    img3, truth = template()
+    affine = img3.affine
     if args.save_input:
         nib.save(img3, args.save_input)
     predictor = Predictor(args.model, "cpu")

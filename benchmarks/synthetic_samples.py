@@ -3,6 +3,7 @@ each row one slice (axial, coronal, sagittal in turn), the real image, its label
 Also times synthesis per batch against the batch's training step.
 
     python benchmarks/synthetic_samples.py [--out docs/images/synthetic-samples.png]
+        [--record benchmarks/results/synthesis/cpu.md]
 """
 import argparse
 import sys
@@ -33,10 +34,12 @@ def slices_with_context(image, mask, view, z):
 def main():
     from mriseg.scans import working_volumes
     from mriseg.synthesis import mix_synthetic, synthesize
+    from mriseg.volumes import view_shape
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="docs/images/synthetic-samples.png")
     ap.add_argument("--draws", type=int, default=5)
+    ap.add_argument("--record", help="also write the timing table here (markdown)")
     args = ap.parse_args()
     if not IBSR.is_dir():
         sys.exit(f"{IBSR}: not found (the IBSR development set in ../shared)")
@@ -45,7 +48,6 @@ def main():
                               ("IBSR_16", "axial", 0.35)):
         image, mask = working_volumes(IBSR / f"{subject}.nii.gz", [IBSR / f"{subject}_seg.nii.gz"], "ibsr", None,
                                       1.0)[:2]
-        from mriseg.volumes import view_shape
         z = int(view_shape(image.shape, view)[0] * at)
         rows.append(slices_with_context(image, mask, view, z))
     size = max(x.shape[-1] for x, _ in rows)
@@ -72,7 +74,14 @@ def main():
     print(f"wrote {args.out}")
 
     # Time: a batch of 4 as training draws it (train.synth 1 and 0.5) against the UNet's step on it.
+    from mriseg.devices import cpu_name
     from mriseg.models import build_model
+    from train_throughput import commit, publish
+
+    lines = ["# Synthesis against a training step", "",
+             f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}. Commit {commit()}. "
+             f"The four slices of {args.out} (IBSR, 1 mm, three channels: context 1), mean of 5 batches after one.", "",
+             "| what | ms per batch of 4 |", "|---|---|"]
     model = build_model("unet", pretrained=False, in_channels=3, width=32)
     opt = torch.optim.Adam(model.parameters())
     def step():
@@ -87,7 +96,8 @@ def main():
         t0 = time.perf_counter()
         for _ in range(5):
             run()
-        print(f"| {name} | {(time.perf_counter() - t0) / 5 * 1000:.0f} ms per batch of 4 at {size}x{size} |")
+        lines.append(f"| {name}, {size}x{size} | {(time.perf_counter() - t0) / 5 * 1000:.0f} |")
+    publish(lines, args.record)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import torch
 
 from conftest import ROOT, mriseg
 from mriseg.extraction import BrainExtractor, already_extracted
+from mriseg.labels import load_labels
 from mriseg.qc import cohort_flags, volume_flags
 
 HEADS = ROOT.parent / "shared" / "data" / "freesurfer-dev"
@@ -136,3 +137,57 @@ def test_auto_leaves_an_extracted_ibsr_subject_as_it_was(checkpoint, tmp_path):
     auto, plain = (np.asanyarray(nib.load(tmp_path / m / "IBSR_07_mask.nii.gz").dataobj) for m in ("auto", "no"))
     assert np.array_equal(auto, plain)
     assert pd.read_csv(tmp_path / "auto" / "volumes.csv")["skull_strip"][0] == "already extracted"
+
+
+@needs_heads
+def test_the_pipeline_strips_a_training_head_once_and_keeps_its_mask(tmp_path):
+    """data.skull_strip auto: the unzip stage's preprocessing extracts a head's brain, zeroes the image
+    outside it, makes its working labels background there, keeps the mask beside the arrays and says what it
+    decided; the native labels stay the reference a test subject is scored against."""
+    import json
+    import zipfile
+
+    from mriseg.cohort import prepare_cohort
+
+    with zipfile.ZipFile(tmp_path / "heads.zip", "w") as zf:
+        zf.write(HEADS / "swm-01" / "T1.nii.gz", "swm01.nii.gz")
+        zf.write(HEADS / "swm-01" / "aparc.DKTatlas+aseg.nii.gz", "swm01_seg.nii.gz")
+    prepare_cohort(tmp_path / "heads.zip", tmp_path / "MRIs", labels="freesurfer-aseg", skull_strip="auto")
+    volumes = tmp_path / "MRIs" / "volumes"
+    image, labels = np.load(volumes / "swm01.image.npy"), np.load(volumes / "swm01.labels.npy")
+    brain = np.load(volumes / "swm01.brainmask.npy").astype(bool)
+    assert brain.shape == image.shape and 1000 < brain.sum() / 1000 < 1800  # ml at 1 mm: a brain, not a head
+    assert (image[~brain] == 0).all() and (labels[~brain] == 2).all() and (image[brain] > 0).mean() > 0.95
+    record = json.loads((tmp_path / "MRIs" / "mriseg.json").read_text())["subjects"]["swm01"]
+    assert record["skull_strip"] == "extracted"
+    head = nib.load(HEADS / "swm-01" / "T1.nii.gz")
+    reference = load_labels([HEADS / "swm-01" / "aparc.DKTatlas+aseg.nii.gz"], "freesurfer-aseg", "swm-01", head)
+    assert np.array_equal(np.load(volumes / "swm01.native.npy"), reference)
+
+
+def test_a_training_volume_without_a_brain_stops_unzip_in_one_line(tmp_path):
+    from conftest import cohort_zip
+    from mriseg.archive import ArchiveError
+    from mriseg.cohort import prepare_cohort
+
+    archive = cohort_zip(tmp_path / "c.zip", subjects=("s01",))
+    with pytest.raises(ArchiveError, match=r"c.zip: .*s01.nii.gz: (constant image|the brain extractor found no brain|the extracted brain is)"):
+        prepare_cohort(archive, tmp_path / "MRIs", skull_strip="yes")
+    assert not (tmp_path / "MRIs").exists()
+
+
+@pytest.mark.parametrize("written, read", [("no", "no"), ('"no"', "no"), ("yes", "yes"), ("auto", "auto")])
+def test_data_skull_strip_takes_yaml_yes_and_no_as_written(tmp_path, written, read):
+    from mriseg.params import load_params
+
+    (tmp_path / "params.yaml").write_text(f"model: unet\ndata:\n  skull_strip: {written}\n")
+    assert load_params(tmp_path / "params.yaml")["data"]["skull_strip"] == read
+
+
+def test_bad_skull_strip_is_one_clear_line(tmp_path):
+    from mriseg.errors import ParamsError
+    from mriseg.params import load_params
+
+    (tmp_path / "params.yaml").write_text("model: unet\ndata:\n  skull_strip: always\n")
+    with pytest.raises(ParamsError, match=r"data.skull_strip must be one of \('auto', 'yes', 'no'\), got 'always'"):
+        load_params(tmp_path / "params.yaml")

@@ -17,6 +17,8 @@ size the networks train on; labels resampled per class), normalised on its own, 
     volumes/<subject>.image.npy   float32 (X, Y, Z) working volume; every view reads its slices (mmap)
     volumes/<subject>.labels.npy  uint8, same shape
     volumes/<subject>.native.npy  uint8 labels on the image's own voxel grid, for 3-D scoring
+    volumes/<subject>.brainmask.npy  uint8, the extracted brain on the working grid (data.skull_strip
+                                  extracted it; mriseg.json says per subject what auto decided)
     mriseg.json                   how they were made, per subject its grids and, per view, trained-on slices
     files.json                    sha256 of every file written (the resume fingerprint reads it)
 """
@@ -30,10 +32,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .archive import IMAGE_DIR, ArchiveError, _check_entry, _ignored, _read, save_hashed, write_hashes
+from .errors import MrisegError
+from .extraction import strip_skull
 from .io import replace_dir
 from .labels import SourceError, parse_labels
 from .scans import find_subjects, tissue_slices, volume_header, working_volumes
-from .volumes import NORMALIZATION, VIEWS, VolumeError, crop_to_foreground, is_volume, to_slices
+from .volumes import NORMALIZATION, VIEWS, VolumeError, crop_to_foreground, is_volume, load_volume, to_slices
 
 LAYOUT = "volumes"
 
@@ -51,8 +55,12 @@ def holds_volumes(archive):
 
 
 def prepare_cohort(archive, dest, labels="ibsr", pixel_size=1.0, min_tissue=100,
-                   max_volume_mb=1024, max_extracted_mb=4096):
+                   max_volume_mb=1024, max_extracted_mb=4096, skull_strip="no"):
     """Validate and preprocess every subject of a volume zip into dest; returns (subjects, slices kept).
+
+    skull_strip (data.skull_strip): auto | yes | no, as `mriseg predict --skull-strip` decides it: each
+    head's brain extracted once, everything outside it zero and its labels background, as prediction sees
+    it; the mask kept beside the arrays.
 
     dest changes only when every subject has passed (built in a temporary folder, then swapped in).
     """
@@ -80,8 +88,8 @@ def prepare_cohort(archive, dest, labels="ibsr", pixel_size=1.0, min_tissue=100,
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(_read(zf, info, archive))
         try:
-            n_subjects, n_slices = _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb)
-        except (SourceError, VolumeError) as e:  # name the zip's entry, not the temporary copy
+            n_subjects, n_slices = _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb, skull_strip)
+        except (SourceError, VolumeError, MrisegError) as e:  # name the zip's entry, not the temporary copy
             message = str(e)
             for temporary in (f"{raw}/: ", f"{raw}: ", f"{raw}/"):
                 message = message.replace(temporary, "")
@@ -93,7 +101,7 @@ def prepare_cohort(archive, dest, labels="ibsr", pixel_size=1.0, min_tissue=100,
         shutil.rmtree(out, ignore_errors=True)
 
 
-def _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb):
+def _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb, skull_strip):
     subjects = find_subjects(raw, labels, strict=True)
     for _, image_path, label_paths in subjects:
         for path in (image_path, *label_paths):
@@ -104,14 +112,22 @@ def _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb):
                                   "(data.max_volume_mb)")
     (out / LAYOUT).mkdir()
     hashes, records, kept_total = {}, {}, 0
+    extractor = brain_extractor() if skull_strip != "no" else None
     for subject, image_path, label_paths in tqdm(subjects, desc="preprocess", unit="subject"):
-        image, mask, work_affine, native, img3 = working_volumes(image_path, label_paths, labels, None, pixel_size)
+        brain, stripped = None, "no"
+        if extractor is not None:
+            brain, stripped = strip_skull(extractor, load_volume(image_path)[1], image_path, skull_strip)[1:]
+        image, mask, work_affine, native, img3, brain = working_volumes(
+            image_path, label_paths, labels, None, pixel_size, brain if stripped == "extracted" else None)
         image, work_affine, box = crop_to_foreground(image, work_affine)  # as prediction crops
         mask = mask[box]
         kept = {view: tissue_slices(to_slices(mask, view), min_tissue) for view in VIEWS}
-        for kind, array in (("image", image.astype(np.float32)), ("labels", mask), ("native", native)):
+        arrays = [("image", image.astype(np.float32)), ("labels", mask), ("native", native)]
+        arrays += [("brainmask", brain[box])] if brain is not None else []
+        for kind, array in arrays:
             save_hashed(out, f"{LAYOUT}/{subject}.{kind}.npy", array, hashes)
         records[subject] = {"source": image_path.relative_to(raw).as_posix(), "shape": list(image.shape),
+                            "skull_strip": stripped,
                             "kept": kept, "work_affine": np.asarray(work_affine).tolist(),
                             "native_affine": np.asarray(img3.affine).tolist(), "native_shape": list(img3.shape),
                             "native_voxel_ml": float(np.prod(img3.header.get_zooms()[:3])) / 1000.0}
@@ -126,3 +142,12 @@ def _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb):
     (out / "mriseg.json").write_text(json.dumps(metadata, indent=1, sort_keys=True) + "\n")
     write_hashes(out, hashes)
     return len(subjects), kept_total
+
+
+def brain_extractor():
+    """The brain extractor on the GPU when there is one (extraction.py)."""
+    import torch
+
+    from .extraction import BrainExtractor
+
+    return BrainExtractor(torch.device("cuda" if torch.cuda.is_available() else "cpu"))

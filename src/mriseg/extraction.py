@@ -19,6 +19,9 @@ EXTRACTOR = "deepbet 1.0.2"
 # head 0.360 (benchmarks/results/brain-extraction/cpu.md).
 ALREADY_MARGIN, ALREADY_OUTSIDE = 5, 0.05
 SKULL_STRIP = ("auto", "yes", "no")
+# A plausible adult brain mask (brain and the CSF between its parts, as the extractor draws it), ml; half
+# the lower bound is no brain at all (strip_skull refuses it).
+BRAIN_ML = (800.0, 2000.0)
 
 
 class ExtractorError(MrisegError):
@@ -80,3 +83,26 @@ def share_outside(image, brain):
     bright = image > np.percentile(nonzero, 2)
     near = ndimage.binary_dilation(brain, iterations=ALREADY_MARGIN)
     return float((bright & ~near).sum()) / max(int(bright.sum()), 1)
+
+
+def strip_skull(extractor, img3, path, skull_strip):
+    """(the image the views see, its brain mask or None, the skull_strip column). With an extractor: the
+    brain mask on the input's grid and, unless auto finds the input extracted already, the image with
+    everything outside the brain set to 0 (as the training brains are)."""
+    import nibabel as nib
+
+    if extractor is None:
+        return img3, None, "no"
+    brain = extractor.mask(img3, path)
+    data = np.asanyarray(img3.dataobj)
+    if skull_strip == "auto" and already_extracted(data, brain):
+        return img3, brain, "already extracted"
+    brain_ml = brain.sum() * voxel_ml_of(img3)
+    if brain_ml < BRAIN_ML[0] / 2:
+        raise NoBrainError(f"{path}: the extracted brain is {brain_ml:.0f} ml, smaller than any adult brain "
+                           "(is it a head T1 scan?)")
+    return nib.Nifti1Image(np.where(brain, data, 0).astype(np.float32), img3.affine), brain, "extracted"
+
+
+def voxel_ml_of(img):
+    return float(np.prod(img.header.get_zooms()[:3])) / 1000.0

@@ -10,6 +10,7 @@ from .volumes import VIEWS
 MODELS = ("unet", "resnet")  # models.build_model builds each
 CHOICES = {
     "split.by": ("auto", "subject", "slice"),
+    "data.skull_strip": ("auto", "yes", "no"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.recipe": ("mriseg", "tutorial"),
     "train.loss": ("bce", "ce", "dice_ce"),
@@ -28,6 +29,9 @@ def load_params(path="params.yaml"):
         raise ParamsError(f"{path}: expected a mapping of parameters")
     if params.get("model") not in MODELS:
         raise ParamsError(f"{path}: model must be one of {MODELS}, got {params.get('model')!r}")
+    data = params.get("data")
+    if isinstance(data, dict) and isinstance(data.get("skull_strip"), bool):  # YAML reads a bare no as False
+        data["skull_strip"] = "yes" if data["skull_strip"] else "no"
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = params.get(section, {}).get(name)

@@ -3,8 +3,7 @@ reasons joined by "; "), and qc.png, one row per volume (three orthogonal slices
 tissue in colour, the brain mask's outline, the flags) so that a cohort is looked over in a minute."""
 import numpy as np
 
-# A plausible adult brain mask (brain and the CSF between its parts, as the extractor draws it), ml.
-BRAIN_ML = (800.0, 2000.0)
+from .extraction import BRAIN_ML  # the plausible range of the extractor's masks
 # The white/gray ratio of a volume against the run's others: robust z-score (median, MAD) beyond this,
 # judged when the run holds at least COHORT_MIN volumes.
 RATIO_Z, COHORT_MIN = 3.5, 5

@@ -8,6 +8,7 @@ import numpy as np
 from . import first_line
 from .devices import barrier, join_processes, launched, leave_processes
 from .errors import MrisegError
+from .extraction import strip_skull, voxel_ml_of
 from .inputs import InputError, bids_entities, display_name, expand_inputs, load_slice, output_stem
 from .parts import input_list_id, merge_parts, part_name
 from .prediction import Predictor
@@ -75,28 +76,6 @@ def check_inputs(files):
                              "rename one or run them separately")
 
 
-def strip_skull(extractor, img3, path, skull_strip):
-    """(the image the views see, its brain mask or None, the skull_strip column). With an extractor: the
-    brain mask on the input's grid and, unless auto finds the input extracted already, the image with
-    everything outside the brain set to 0 (as the training brains are)."""
-    import nibabel as nib
-
-    from .extraction import NoBrainError, already_extracted
-    from .qc import BRAIN_ML
-
-    if extractor is None:
-        return img3, None, "no"
-    brain = extractor.mask(img3, path)
-    data = np.asanyarray(img3.dataobj)
-    if skull_strip == "auto" and already_extracted(data, brain):
-        return img3, brain, "already extracted"
-    brain_ml = brain.sum() * voxel_ml_of(img3)
-    if brain_ml < BRAIN_ML[0] / 2:
-        raise NoBrainError(f"{path}: the extracted brain is {brain_ml:.0f} ml, smaller than any adult brain "
-                           "(is it a head T1 scan?)")
-    return nib.Nifti1Image(np.where(brain, data, 0).astype(np.float32), img3.affine), brain, "extracted"
-
-
 def segment_image(predictor, extractor, img3, path, skull_strip):
     """(labels on a 3-D image's own grid, its brain mask or None, the skull_strip column, displayed slices and
     labels): strip_skull, then the views."""
@@ -105,10 +84,6 @@ def segment_image(predictor, extractor, img3, path, skull_strip):
     if stripped == "extracted":
         labels[~brain] = 2  # tissue outside the brain is background
     return labels, brain, stripped, shown, shown_labels
-
-
-def voxel_ml_of(img):
-    return float(np.prod(img.header.get_zooms()[:3])) / 1000.0
 
 
 def segment_volume(predictor, path, out_dir, labels, written, log, extractor=None, skull_strip="no", thumbs=None):

@@ -97,7 +97,7 @@ def mix_synthetic(images, labels, gen, share, context):
 
 def warp(labels, real, strength, pixels):
     """Labels (nearest) and images (linear) under one random smooth displacement per sample: a 5x5 grid of
-    offsets up to 4 % of the frame, upsampled (SynthSeg's elastic deformation, in the plane)."""
+    offsets of sd up to 0.04 (2 % of the frame), upsampled (SynthSeg's elastic deformation, in the plane)."""
     n, c, h, w = labels.shape
     offsets = torch.randn(n, 2, 5, 5, generator=pixels, device=labels.device) * 0.04
     offsets = offsets * to_device(strength, labels.device).view(n, 1, 1, 1)

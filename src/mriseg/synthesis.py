@@ -51,15 +51,15 @@ def synthesize(labels, real, gen):
     classes = tissue_classes(labels, real, brain)
     thickness = torch.stack([lo + (hi - lo) * u[:, 2 + i] for i, (lo, hi) in enumerate(SHELLS.values())], 1)
     # Heads that stop after the dura (2 shells) or the skull (5), for a third of the samples; the rest whole.
-    kept = torch.where(u[:, 10] < 1 / 6, 2, torch.where(u[:, 10] < 1 / 3, 5, len(SHELLS)))
+    shells = torch.where(u[:, 10] < 1 / 6, 2, torch.where(u[:, 10] < 1 / 3, 5, len(SHELLS)))
     outer = to_device(torch.cumsum(thickness, 1), device)
-    kept = to_device(kept, device)
+    shells = to_device(shells, device).view(n, 1, 1, 1)
     for i in reversed(range(len(SHELLS))):
-        inside_shell = (distance > 0) & (distance <= outer[:, i].view(n, 1, 1, 1)) & (kept.view(n, 1, 1, 1) > i)
+        inside_shell = (distance > 0) & (distance <= outer[:, i].view(n, 1, 1, 1)) & (shells > i)
         classes = torch.where(inside_shell & ~brain, FIRST_SHELL + i, classes)
     # Face and neck: smooth blobs beyond the skin of whole heads.
     blobs = (smooth_noise(n, h, w, pixels) > 0.4) & (distance > outer[:, -1].view(n, 1, 1, 1))
-    classes = torch.where(blobs & (kept.view(n, 1, 1, 1) == len(SHELLS)), BLOBS, classes)
+    classes = torch.where(blobs & (shells == len(SHELLS)), BLOBS, classes)
     # A third cut as a skull-strip cuts: the brain mask grown by -2 to +6 pixels; tissue cut away is background.
     cut = to_device(torch.where(u[:, 11] < 1 / 3, -2 + 8 * u[:, 12], torch.tensor(float("inf"))), device)
     cut = cut.view(n, 1, 1, 1)

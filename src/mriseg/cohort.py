@@ -17,8 +17,9 @@ size the networks train on; labels resampled per class), normalised on its own, 
     volumes/<subject>.image.npy   float32 (X, Y, Z) working volume; every view reads its slices (mmap)
     volumes/<subject>.labels.npy  uint8, same shape
     volumes/<subject>.native.npy  uint8 labels on the image's own voxel grid, for 3-D scoring
-    volumes/<subject>.brainmask.npy  uint8, the extracted brain on the working grid (data.skull_strip
-                                  extracted it; mriseg.json says per subject what auto decided)
+    volumes/<subject>.brainmask.npy  uint8, the extracted brain on the image's own grid, where data.skull_strip
+                                  extracted it (mriseg.json says per subject what was decided); scoring
+                                  sets tissue outside it to background, as mriseg predict does
     mriseg.json                   how they were made, per subject its grids and, per view, trained-on slices
     files.json                    sha256 of every file written (the resume fingerprint reads it)
 """
@@ -117,13 +118,14 @@ def _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb, skull_s
         brain, stripped = None, "no"
         if extractor is not None:
             brain, stripped = strip_skull(extractor, load_volume(image_path)[1], image_path, skull_strip)[1:]
-        image, mask, work_affine, native, img3, brain = working_volumes(
-            image_path, label_paths, labels, None, pixel_size, brain if stripped == "extracted" else None)
+        brain = brain if stripped == "extracted" else None
+        image, mask, work_affine, native, img3 = working_volumes(image_path, label_paths, labels, None, pixel_size,
+                                                                 brain)
         image, work_affine, box = crop_to_foreground(image, work_affine)  # as prediction crops
         mask = mask[box]
         kept = {view: tissue_slices(to_slices(mask, view), min_tissue) for view in VIEWS}
         arrays = [("image", image.astype(np.float32)), ("labels", mask), ("native", native)]
-        arrays += [("brainmask", brain[box])] if brain is not None else []
+        arrays += [("brainmask", brain.astype(np.uint8))] if brain is not None else []
         for kind, array in arrays:
             save_hashed(out, f"{LAYOUT}/{subject}.{kind}.npy", array, hashes)
         records[subject] = {"source": image_path.relative_to(raw).as_posix(), "shape": list(image.shape),
@@ -145,9 +147,10 @@ def _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb, skull_s
 
 
 def brain_extractor():
-    """The brain extractor on the GPU when there is one (extraction.py)."""
+    """The brain extractor (extraction.py), on the CPU wherever the stage runs, so that data/MRIs is the same
+    on every machine (a few seconds per subject)."""
     import torch
 
     from .extraction import BrainExtractor
 
-    return BrainExtractor(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return BrainExtractor(torch.device("cpu"))

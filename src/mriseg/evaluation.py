@@ -74,9 +74,13 @@ def cohort_subject_scores(predictor, root, subjects):
         reference = nib.Nifti1Image(np.zeros(rec["native_shape"], np.uint8), np.array(rec["native_affine"]))
         truth = np.load(root / "volumes" / f"{subject}.native.npy")
         work_affine = np.array(rec["work_affine"])
+        brain = root / "volumes" / f"{subject}.brainmask.npy"  # data.skull_strip extracted this head
+        brain = np.load(brain).astype(bool) if brain.exists() else None
 
         def scored(probs, view):  # slices: what that view cuts (the first view's for the aggregate)
             pred = predictor.on_input_grid(probs, work_affine, reference)
+            if brain is not None:
+                pred[~brain] = 2  # as mriseg predict: tissue outside the extracted brain is background
             return {"subject": subject, "slices": view_shape(volume.shape, view.axis)[0],
                     **subject_scores(confusion_of(pred, truth), rec["native_voxel_ml"])}
 

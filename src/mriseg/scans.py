@@ -68,30 +68,26 @@ def volume_header(path):
 def working_volumes(image_path, label_paths, labels, axis, pixel_size, brain=None):
     """An image and its labels on the working grid: (normalised image (X, Y, Z) float32, labels uint8,
     the grid's affine, the labels mapped to the three classes on the image's own grid, the image's own 3-D
-    image, the brain mask on the working grid or None). RAS+, resampled to pixel_size mm in the plane of
-    `axis` (None: on all three axes), labels per class. brain: a brain mask on the image's own grid: the
-    image is zero outside it and its working labels background there, as prediction strips a head."""
+    image). RAS+, resampled to pixel_size mm in the plane of `axis` (None: on all three axes), labels per
+    class. brain: a brain mask on the image's own grid: the working image is zero outside it and the
+    working labels background there, as prediction strips a head; the native labels stay the reference."""
     import nibabel as nib
 
     img, img3 = load_volume(image_path)
     native = load_labels(label_paths, labels, image_path, img3)
-    seen, trained = img3, native  # the native labels stay the reference a test subject is scored against
+    working = resample_inplane(img3, axis, pixel_size, order=1)
+    mask = resample_labels(nib.Nifti1Image(native, img3.affine), axis, pixel_size)
+    image, mask = np.asanyarray(working.dataobj), np.rint(np.asanyarray(mask.dataobj)).astype(np.uint8)
     if brain is not None:
-        seen = nib.Nifti1Image(np.where(brain, np.asanyarray(img3.dataobj), 0).astype(np.float32), img3.affine)
-        trained = np.where(brain, native, 2).astype(native.dtype)
-    image = resample_inplane(seen, axis, pixel_size, order=1)
-    mask = resample_labels(nib.Nifti1Image(trained, img3.affine), axis, pixel_size)
-    working_brain = None
-    if brain is not None:
-        working_brain = np.asanyarray(resample_inplane(nib.Nifti1Image(brain.astype(np.float32), img3.affine), axis,
-                                                       pixel_size, order=1).dataobj) > 0.5
-    return (normalize_volume(np.asanyarray(image.dataobj)), np.rint(np.asanyarray(mask.dataobj)).astype(np.uint8),
-            image.affine, native, img3, working_brain)
+        inside = np.asanyarray(resample_inplane(nib.Nifti1Image(brain.astype(np.float32), img3.affine), axis,
+                                                pixel_size, order=1).dataobj) > 0.5
+        image, mask = np.where(inside, image, 0), np.where(inside, mask, 2).astype(np.uint8)
+    return normalize_volume(image), mask, working.affine, native, img3
 
 
 def preprocess_subject(image_path, label_paths, labels, axis, pixel_size):
     """working_volumes' image and labels cut along axis into (n, H, W) slices."""
-    image, mask, affine, native, img3 = working_volumes(image_path, label_paths, labels, axis, pixel_size)[:5]
+    image, mask, affine, native, img3 = working_volumes(image_path, label_paths, labels, axis, pixel_size)
     return to_slices(image, axis), to_slices(mask, axis), affine, native, img3
 
 

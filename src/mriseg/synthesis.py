@@ -12,8 +12,8 @@ From each slice's labels (and its neighbours', one per input channel) a batch of
 3. per class and sample an intensity mean and spread (a Gaussian mixture), a smooth bias field, a blur to
    a random resolution along a random in-plane axis or across the slices, noise and a random gamma;
 4. normalised as real volumes are (robust percentiles of the non-zero pixels to [0, 1]).
-Every draw comes from the training's CPU generator (a seed repeats a batch bit for bit; a resume carries on):
-small ones directly, the per-pixel ones from a device generator seeded by it.
+Every draw comes from the training's CPU generator (a seed repeats a batch bit for bit on the same kind of
+device; a resume carries on): small ones directly, the per-pixel ones from a device generator seeded by it.
 """
 import math
 
@@ -41,19 +41,23 @@ def synthesize(labels, real, gen):
     n, c, h, w = labels.shape
     device = labels.device
     pixels = torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
-    u = torch.rand(n, 16 + 2 * CLASSES, generator=gen)  # every per-sample number of this batch, drawn at once
-    labels, real = warp(labels, real, u[:, 0], pixels)
+    # Every per-sample number of this batch, drawn at once and copied to the device once.
+    u = torch.cat([torch.rand(n, 16 + 2 * CLASSES, generator=gen), torch.randn(n, 1, generator=gen)], 1)
+    d = to_device(u, device)
+
+    def at(k):  # column k, shaped to broadcast over a sample's pixels
+        return d[:, k].view(n, 1, 1, 1)
+
+    labels, real = warp(labels, real, d[:, 0], pixels)
     tissue = labels < BACKGROUND
     brain = fill_holes(closing(tissue, 2))
     # Distance outside the brain in pixels, roughened by a smooth field of up to 3 pixels (never inward).
-    rough = to_device(u[:, 1] * 1.5, device).view(n, 1, 1, 1) * (smooth_noise(n, h, w, pixels) + 1)
-    distance = outside_distance(brain) + rough * ~brain
+    distance = outside_distance(brain) + 1.5 * at(1) * (smooth_noise(n, h, w, pixels) + 1) * ~brain
     classes = tissue_classes(labels, real, brain)
-    thickness = torch.stack([lo + (hi - lo) * u[:, 2 + i] for i, (lo, hi) in enumerate(SHELLS.values())], 1)
+    low, high = (torch.tensor([bounds[k] for bounds in SHELLS.values()], device=device) for k in (0, 1))
+    outer = torch.cumsum(low + (high - low) * d[:, 2:2 + len(SHELLS)], 1)  # (n, shells): each shell's outer edge
     # Heads that stop after the dura (2 shells) or the skull (5), for a third of the samples; the rest whole.
-    shells = torch.where(u[:, 10] < 1 / 6, 2, torch.where(u[:, 10] < 1 / 3, 5, len(SHELLS)))
-    outer = to_device(torch.cumsum(thickness, 1), device)
-    shells = to_device(shells, device).view(n, 1, 1, 1)
+    shells = torch.where(at(10) < 1 / 6, 2, torch.where(at(10) < 1 / 3, 5, len(SHELLS)))
     for i in reversed(range(len(SHELLS))):
         inside_shell = (distance > 0) & (distance <= outer[:, i].view(n, 1, 1, 1)) & (shells > i)
         classes = torch.where(inside_shell & ~brain, FIRST_SHELL + i, classes)
@@ -61,21 +65,17 @@ def synthesize(labels, real, gen):
     blobs = (smooth_noise(n, h, w, pixels) > 0.4) & (distance > outer[:, -1].view(n, 1, 1, 1))
     classes = torch.where(blobs & (shells == len(SHELLS)), BLOBS, classes)
     # A third cut as a skull-strip cuts: the brain mask grown by -2 to +6 pixels; tissue cut away is background.
-    cut = to_device(torch.where(u[:, 11] < 1 / 3, -2 + 8 * u[:, 12], torch.tensor(float("inf"))), device)
-    cut = cut.view(n, 1, 1, 1)
-    kept_mask = torch.where(cut < 0, outside_distance(~brain, 3) > -cut, brain | (distance <= cut))
-    classes = torch.where(kept_mask, classes, 0)
-    labels = torch.where(kept_mask, labels, torch.full_like(labels, BACKGROUND))
+    cut = torch.where(at(11) < 1 / 3, -2 + 8 * at(12), float("inf"))
+    kept = torch.where(cut < 0, outside_distance(~brain, 3) > -cut, brain | (distance <= cut))
+    classes = torch.where(kept, classes, 0)
+    labels = torch.where(kept, labels, torch.full_like(labels, BACKGROUND))
 
-    image = mixture(classes, u[:, 16:], pixels)
+    image = mixture(classes, d[:, 16:16 + 2 * CLASSES], pixels)
     image = image * smooth_field(n, (h, w), 0.7, gen, device)  # coil inhomogeneity, as SynthSeg's U(0, .7)
     image = blur(image, u[:, 13], u[:, 14])
-    image = image + to_device(u[:, 15] * 0.05, device).view(n, 1, 1, 1) * torch.randn(
-        image.shape, generator=pixels, device=device)
-    image = torch.where(kept_mask, image, 0).clamp(min=0)
-    image = normalise(image)
-    gamma = to_device(torch.exp(0.4 * torch.randn(n, generator=gen)), device).view(n, 1, 1, 1)
-    return image.pow(gamma), labels
+    image = image + 0.05 * at(15) * torch.randn(image.shape, generator=pixels, device=device)
+    image = normalise(torch.where(kept, image, 0).clamp(min=0))
+    return image.pow(torch.exp(0.4 * at(-1))), labels
 
 
 def mix_synthetic(images, labels, gen, share, context):
@@ -87,7 +87,7 @@ def mix_synthetic(images, labels, gen, share, context):
     picked = torch.nonzero(torch.rand(len(images), generator=gen) < share).flatten()
     if not len(picked):
         return images, centre
-    picked = picked.to(images.device)
+    picked = to_device(picked, images.device)
     synthetic, synthetic_labels = synthesize(labels[picked], images[picked], gen)
     images, centre = images.clone(), centre.clone()
     images[picked] = synthetic.to(images.dtype)
@@ -99,8 +99,7 @@ def warp(labels, real, strength, pixels):
     """Labels (nearest) and images (linear) under one random smooth displacement per sample: a 5x5 grid of
     offsets of sd up to 0.04 (2 % of the frame), upsampled (SynthSeg's elastic deformation, in the plane)."""
     n, c, h, w = labels.shape
-    offsets = torch.randn(n, 2, 5, 5, generator=pixels, device=labels.device) * 0.04
-    offsets = offsets * to_device(strength, labels.device).view(n, 1, 1, 1)
+    offsets = torch.randn(n, 2, 5, 5, generator=pixels, device=labels.device) * 0.04 * strength.view(n, 1, 1, 1)
     field = F.interpolate(offsets, size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
     identity = torch.eye(2, 3, device=labels.device).expand(n, 2, 3)
     grid = F.affine_grid(identity, [n, c, h, w], align_corners=False) + field
@@ -132,10 +131,8 @@ def mixture(classes, u, pixels):
     """Per sample and class a mean U(0, 1) and spread U(0, .12) (air darker: mean U(0, .1)); a pixel's
     intensity drawn from its class's Gaussian."""
     n = classes.shape[0]
-    mean = u[:, :CLASSES].clone()
-    mean[:, 0] *= 0.1
+    mean = u[:, :CLASSES] * torch.tensor([0.1] + [1.0] * (CLASSES - 1), device=u.device)
     spread = u[:, CLASSES:2 * CLASSES] * 0.12
-    mean, spread = to_device(mean, classes.device), to_device(spread, classes.device)
     index = classes.flatten(1)
     pick = lambda table: torch.gather(table, 1, index).view(classes.shape)
     noise = torch.randn(classes.shape, generator=pixels, device=classes.device)
@@ -171,8 +168,9 @@ def normalise(image):
     """Each sample's robust 0.5-99.5th percentiles of its non-zero pixels to [0, 1], clipped, as
     volumes.normalize_volume maps a real volume."""
     values = torch.where(image > 0, image, float("nan")).flatten(1)
-    lo = torch.nanquantile(values, 0.005, dim=1).nan_to_num(0.0).view(-1, 1, 1, 1)
-    hi = torch.nanquantile(values, 0.995, dim=1).nan_to_num(1.0).view(-1, 1, 1, 1)
+    q = torch.tensor([0.005, 0.995], device=image.device)
+    lo, hi = torch.nanquantile(values, q, dim=1).view(2, -1, 1, 1, 1)
+    lo, hi = lo.nan_to_num(0.0), hi.nan_to_num(1.0)
     return ((image - lo) / (hi - lo).clamp(min=1e-6)).clamp(0, 1) * (image > 0)
 
 

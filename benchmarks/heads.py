@@ -52,7 +52,7 @@ def row(name, labels, truth, voxel_ml, seconds, decided, brain=None, labelled=No
 
 
 def main():
-    from mriseg.extraction import EXTRACTOR, BrainExtractor
+    from mriseg.extraction import EXTRACTOR, BrainExtractor, voxel_ml_of
     from mriseg.labels import load_labels
     from mriseg.models import SHIPPED_MODEL
     from mriseg.prediction import Predictor
@@ -72,10 +72,10 @@ def main():
              "mask Dice vs labelled brain | labelled tissue kept | Dice WM | Dice GM | volume error WM | "
              "volume error GM | s per volume |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, (image, seg) in HEADS.items():
-        img, img3 = load_volume(SHARED / image)
+        img3 = load_volume(SHARED / image)[1]
         truth = load_labels([SHARED / seg], "freesurfer-aseg", SHARED / image, img3)
         labelled = np.asanyarray(nib.load(SHARED / seg).dataobj).reshape(truth.shape) > 0
-        voxel_ml = float(np.prod(img3.header.get_zooms()[:3])) / 1000
+        voxel_ml = voxel_ml_of(img3)
         labels, brain, decided, seconds = segment(predictor, extractor, img3, name, "auto")
         lines.append(row(f"{name} (auto)", labels, truth, voxel_ml, seconds, decided, brain, labelled,
                          np.asanyarray(img3.dataobj)))
@@ -85,9 +85,9 @@ def main():
         print(lines[-2], lines[-1], sep="\n", flush=True)
     ibsr = SHARED / "ibsr18-dev" / "IBSR_07.nii.gz"
     if ibsr.exists():
-        img, img3 = load_volume(ibsr)
+        img3 = load_volume(ibsr)[1]
         truth = load_labels([ibsr.with_name("IBSR_07_seg.nii.gz")], "ibsr", ibsr, img3)
-        voxel_ml = float(np.prod(img3.header.get_zooms()[:3])) / 1000
+        voxel_ml = voxel_ml_of(img3)
         for mode in ("auto", "no"):
             labels, brain, decided, seconds = segment(predictor, extractor, img3, "IBSR_07", mode)
             lines.append(row(f"IBSR_07 ({mode})", labels, truth, voxel_ml, seconds, decided, brain, truth < 2,

@@ -29,13 +29,18 @@ def augment(x, y, gen, bias_field=0.0, flip=True):
     theta = theta.view(n, 2, 3).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    # Shift labels so that padding (0) lands on background (2) after sampling.
-    y = F.grid_sample(y[:, None].float() - 2, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    y = (y[:, 0] + 2).to(torch.uint8)
+    y = sample_labels(y[:, None], grid)[:, 0]
     x = x.clamp(min=0).pow(gamma.view(n, 1, 1, 1)) * gain.view(n, 1, 1, 1)
     if bias_field > 0:
         x = x * smooth_field(n, x.shape[-2:], bias_field, gen, x.device).to(x.dtype)
     return x, y
+
+
+def sample_labels(labels, grid, background=2):
+    """uint8 labels (n, C, H, W) sampled (nearest) at grid; what falls outside the frame is background
+    (shifted so that grid_sample's zero padding lands on it)."""
+    moved = F.grid_sample(labels.float() - background, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return (moved + background).to(torch.uint8)
 
 
 def smooth_field(n, size, strength, gen, device, order=3):

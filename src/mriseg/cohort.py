@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from .archive import IMAGE_DIR, ArchiveError, _check_entry, _ignored, _read, save_hashed, write_hashes
 from .errors import MrisegError
-from .extraction import strip_skull
+from .extraction import find_brain, voxel_ml_of
 from .io import replace_dir
 from .labels import SourceError, parse_labels
 from .scans import find_subjects, tissue_slices, volume_header, working_volumes
@@ -115,12 +115,11 @@ def _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb, skull_s
     hashes, records, kept_total = {}, {}, 0
     extractor = brain_extractor() if skull_strip != "no" else None
     for subject, image_path, label_paths in tqdm(subjects, desc="preprocess", unit="subject"):
-        brain, stripped = None, "no"
-        if extractor is not None:
-            brain, stripped = strip_skull(extractor, load_volume(image_path)[1], image_path, skull_strip)[1:]
+        img3 = load_volume(image_path)[1]
+        brain, stripped = find_brain(extractor, img3, image_path, skull_strip)
         brain = brain if stripped == "extracted" else None
-        image, mask, work_affine, native, img3 = working_volumes(image_path, label_paths, labels, None, pixel_size,
-                                                                 brain)
+        image, mask, work_affine, native, _ = working_volumes(image_path, label_paths, labels, None, pixel_size,
+                                                              brain, img3)
         image, work_affine, box = crop_to_foreground(image, work_affine)  # as prediction crops
         mask = mask[box]
         kept = {view: tissue_slices(to_slices(mask, view), min_tissue) for view in VIEWS}
@@ -132,7 +131,7 @@ def _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb, skull_s
                             "skull_strip": stripped,
                             "kept": kept, "work_affine": np.asarray(work_affine).tolist(),
                             "native_affine": np.asarray(img3.affine).tolist(), "native_shape": list(img3.shape),
-                            "native_voxel_ml": float(np.prod(img3.header.get_zooms()[:3])) / 1000.0}
+                            "native_voxel_ml": voxel_ml_of(img3)}
         kept_total += len(kept["axial"])
     if not kept_total:
         raise SourceError(f"{raw}/: no slice has {min_tissue} tissue pixels (check data.labels)")

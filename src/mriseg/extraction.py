@@ -85,24 +85,34 @@ def share_outside(image, brain):
     return float((bright & ~near).sum()) / max(int(bright.sum()), 1)
 
 
-def strip_skull(extractor, img3, path, skull_strip):
-    """(the image the views see, its brain mask or None, the skull_strip column). With an extractor: the
-    brain mask on the input's grid and, unless auto finds the input extracted already, the image with
-    everything outside the brain set to 0 (as the training brains are)."""
-    import nibabel as nib
-
+def find_brain(extractor, img3, path, skull_strip):
+    """(the brain mask on the input's grid or None, the skull_strip column): "no" without an extractor,
+    "already extracted" where auto finds the input stripped before, else "extracted". NoBrainError where
+    the extracted brain is smaller than half an adult's."""
     if extractor is None:
-        return img3, None, "no"
+        return None, "no"
     brain = extractor.mask(img3, path)
-    data = np.asanyarray(img3.dataobj)
-    if skull_strip == "auto" and already_extracted(data, brain):
-        return img3, brain, "already extracted"
+    if skull_strip == "auto" and already_extracted(np.asanyarray(img3.dataobj), brain):
+        return brain, "already extracted"
     brain_ml = brain.sum() * voxel_ml_of(img3)
     if brain_ml < BRAIN_ML[0] / 2:
         raise NoBrainError(f"{path}: the extracted brain is {brain_ml:.0f} ml, smaller than any adult brain "
                            "(is it a head T1 scan?)")
-    return nib.Nifti1Image(np.where(brain, data, 0).astype(np.float32), img3.affine), brain, "extracted"
+    return brain, "extracted"
+
+
+def strip_skull(extractor, img3, path, skull_strip):
+    """(the image the views see, its brain mask or None, the skull_strip column): find_brain, and where it
+    extracted, the image with everything outside the brain set to 0 (as the training brains are)."""
+    import nibabel as nib
+
+    brain, decided = find_brain(extractor, img3, path, skull_strip)
+    if decided != "extracted":
+        return img3, brain, decided
+    return nib.Nifti1Image(np.where(brain, np.asanyarray(img3.dataobj), 0).astype(np.float32), img3.affine), \
+        brain, decided
 
 
 def voxel_ml_of(img):
+    """The volume of one voxel of a nibabel image, in ml."""
     return float(np.prod(img.header.get_zooms()[:3])) / 1000.0

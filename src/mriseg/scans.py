@@ -65,15 +65,16 @@ def volume_header(path):
         return load_volume(path)[1]
 
 
-def working_volumes(image_path, label_paths, labels, axis, pixel_size, brain=None):
+def working_volumes(image_path, label_paths, labels, axis, pixel_size, brain=None, img3=None):
     """An image and its labels on the working grid: (normalised image (X, Y, Z) float32, labels uint8,
     the grid's affine, the labels mapped to the three classes on the image's own grid, the image's own 3-D
     image). RAS+, resampled to pixel_size mm in the plane of `axis` (None: on all three axes), labels per
     class. brain: a brain mask on the image's own grid: the working image is zero outside it and the
-    working labels background there, as prediction strips a head; the native labels stay the reference."""
+    working labels background there, as prediction strips a head; the native labels stay the reference.
+    img3: the image already read (load_volume(image_path)[1]), so that it is read once."""
     import nibabel as nib
 
-    img, img3 = load_volume(image_path)
+    img3 = load_volume(image_path)[1] if img3 is None else img3
     native = load_labels(label_paths, labels, image_path, img3)
     working = resample_inplane(img3, axis, pixel_size, order=1)
     mask = resample_labels(nib.Nifti1Image(native, img3.affine), axis, pixel_size)

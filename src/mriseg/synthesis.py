@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .augmentation import smooth_field, to_device
+from .augmentation import sample_labels, smooth_field, to_device
 
 BACKGROUND = 2  # mriseg's classes: 0 white matter, 1 gray matter, 2 background
 # Generation classes: 0 air, 1-2 white matter, 3-4 gray matter, 5 CSF inside the brain, then the shells.
@@ -103,10 +103,8 @@ def warp(labels, real, strength, pixels):
     field = F.interpolate(offsets, size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
     identity = torch.eye(2, 3, device=labels.device).expand(n, 2, 3)
     grid = F.affine_grid(identity, [n, c, h, w], align_corners=False) + field
-    # Shifted so that the padding (0) lands on background after sampling, as in augmentation.
-    moved = F.grid_sample(labels.float() - BACKGROUND, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     real = F.grid_sample(real.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return (moved + BACKGROUND).to(torch.uint8), real
+    return sample_labels(labels, grid, BACKGROUND), real
 
 
 def tissue_classes(labels, real, brain):

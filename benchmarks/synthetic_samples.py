@@ -1,5 +1,6 @@
 """A grid of real IBSR slices beside images synthesised from their labels (mriseg.synthesis), to look at:
-each row one slice (axial, coronal, sagittal in turn), the real image, its labels, then synthetic draws.
+each row one slice (axial, coronal, sagittal in turn), the real image, its labels, then synthetic draws;
+the last row a slice of the MNI152 atlas that train.synth_atlas draws from.
 Also times synthesis per batch against the batch's training step.
 
     python benchmarks/synthetic_samples.py [--out docs/images/synthetic-samples.png]
@@ -33,7 +34,7 @@ def slices_with_context(image, mask, view, z):
 
 def main():
     from mriseg.scans import working_volumes
-    from mriseg.synthesis import mix_synthetic, synthesize
+    from mriseg.synthesis import atlas_slices, mix_synthetic, synthesize
     from mriseg.volumes import view_shape
 
     ap = argparse.ArgumentParser()
@@ -51,6 +52,8 @@ def main():
         z = int(view_shape(image.shape, view)[0] * at)
         rows.append(slices_with_context(image, mask, view, z))
     size = max(x.shape[-1] for x, _ in rows)
+    atlas_labels, atlas_images = atlas_slices("coronal", 1, (size, size))
+    rows.append((atlas_images[len(atlas_images) // 2], atlas_labels[len(atlas_labels) // 2]))
     x = torch.stack([torch.nn.functional.pad(a, (0, size - a.shape[-1], 0, size - a.shape[-2])) for a, _ in rows])
     y = torch.stack([torch.nn.functional.pad(b, (0, size - b.shape[-1], 0, size - b.shape[-2]), value=2)
                      for _, b in rows])
@@ -63,6 +66,7 @@ def main():
         for k, (images, labels) in enumerate(draws):
             axes[r, 2 + k].imshow(images[r, 1], cmap="gray", vmin=0, vmax=1)
             axes[r, 2 + k].contour(labels[r, 1] < 2, levels=[0.5], colors="r", linewidths=0.4)
+    axes[-1, 0].set_title("MNI152 atlas", fontsize=9)
     for ax, title in zip(axes[0], ["real (IBSR)", "labels"] + [f"synthetic {k + 1}" for k in range(args.draws)]):
         ax.set_title(title, fontsize=9)
     for ax in axes.flat:
@@ -89,6 +93,7 @@ def main():
         opt.zero_grad()
         loss.backward()
         opt.step()
+    x, y = x[:4], y[:4]  # the IBSR slices
     for name, run in (("synthesis, all 4 samples", lambda: mix_synthetic(x, y, gen, 1.0, 1)),
                       ("synthesis, train.synth 0.5", lambda: mix_synthetic(x, y, gen, 0.5, 1)),
                       ("UNet training step (width 32)", step)):

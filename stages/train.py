@@ -17,6 +17,7 @@ from mriseg.devices import DistributedError, launched, usable_cores
 from mriseg.errors import DataError, stage_error
 from mriseg.manifest import archive_metadata, archive_views, data_id, read_manifest, usable_context
 from mriseg.params import load_params
+from mriseg.synthesis import atlas_slices
 from mriseg.training import train, view_settings
 from mriseg.volumes import LEFT_RIGHT_VIEWS
 
@@ -59,13 +60,19 @@ def main(view):
         print(f"train {view}: {len(data['train'])} slices {data['train'].frame}, val {len(data['val'])}, "
               f"test {len(data['test'])} ({meta['layout']}); model {params['model']}, "
               f"{2 * context + 1} input channel(s)")
+    atlas = None
+    if cfg.get("synth") and cfg.get("synth_atlas"):
+        if meta["layout"] != "volumes":
+            raise DataError("train.synth_atlas needs a cohort of volumes (data/MRIs holds slices): set it to 0")
+        atlas = atlas_slices(view, context, data["train"].frame, (meta["pixel_size_mm"] or [None])[0],
+                             params["data"]["min_tissue"])
     train(cfg, params["model"], data["train"], {"val": data["val"], "test": data["test"]},
           f"models/views/{view}.pt", f"models/resume/{view}.pt", live_dir=f"reports/train/{view}",
           eval_batch_size=cfg["eval_batch_size"], data_id=data_id("data/manifest.csv", "data/MRIs"),
           extra={"axis": view, **{k: meta[k] for k in ("normalization", "pixel_size_mm", "grid")}},
           mirror=view in LEFT_RIGHT_VIEWS, timing_path=f"logs/train/{view}.tsv",
           artifact={"name": f"tissue-segmenter-{view}", "labels": [params["model"], view, "2.5d"],
-                    "desc": f"the {view} view of the tissue-segmenter artifact (dvc.yaml)"})
+                    "desc": f"the {view} view of the tissue-segmenter artifact (dvc.yaml)"}, atlas=atlas)
     return 0
 
 

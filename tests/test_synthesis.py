@@ -5,7 +5,7 @@ import torch
 
 from mriseg.errors import ParamsError
 from mriseg.params import load_params
-from mriseg.synthesis import fill_holes, mix_synthetic, outside_distance, synthesize
+from mriseg.synthesis import atlas_slices, fill_holes, fit_frame, mix_synthetic, outside_distance, synthesize
 
 
 def brain_batch(n=4, c=3, h=64, w=64):
@@ -90,11 +90,43 @@ def test_share_zero_draws_nothing_and_a_share_replaces_some_samples():
     assert 0 < sum(replaced) < 8
 
 
+@pytest.mark.parametrize("key", ["synth", "synth_atlas"])
 @pytest.mark.parametrize("value", [-0.1, 1.5, "half", True])
-def test_bad_synth_is_one_clear_line(tmp_path, value):
-    (tmp_path / "params.yaml").write_text(f"model: unet\ntrain:\n  synth: {value}\n")
-    with pytest.raises(ParamsError, match=r"params.yaml: train.synth must be a number from 0 to 1 .*got"):
+def test_bad_synth_is_one_clear_line(tmp_path, key, value):
+    (tmp_path / "params.yaml").write_text(f"model: unet\ntrain:\n  {key}: {value}\n")
+    with pytest.raises(ParamsError, match=rf"params.yaml: train.{key} must be a number from 0 to 1 .*got"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_the_atlas_is_the_mni152_brain_cut_as_a_cohorts_slices_are():
+    labels, images = atlas_slices("coronal", 1, (160, 144), min_tissue=500)
+    assert labels.shape == images.shape and labels.shape[1:] == (3, 160, 144) and labels.dtype == torch.uint8
+    assert 100 < len(labels) < 233  # the slices with brain, not the template's empty ends
+    assert set(labels.unique().tolist()) == {0, 1, 2}
+    assert ((labels[:, 1] < 2).flatten(1).sum(1) >= 500).all()
+    assert 0 <= images.min() and images.max() <= 1 and (images[labels < 2] > 0).float().mean() > 0.99
+    # Neighbouring channels are the neighbouring slices: the next slice's centre is this one's last channel.
+    assert torch.equal(labels[1:-1, 2], labels[2:, 1])
+
+
+def test_fit_frame_pads_small_slices_and_cuts_large_ones_around_their_centre():
+    small = np.ones((2, 20, 30), np.uint8)
+    padded = fit_frame(small, (48, 48), 2)
+    assert padded.shape == (2, 48, 48) and padded.sum() == 2 * 20 * 30 + 2 * (48 * 48 - 20 * 30) * 2
+    large = np.zeros((1, 64, 64), np.uint8)
+    large[0, 32, 32] = 1
+    cut = fit_frame(large, (32, 48), 2)
+    assert cut.shape == (1, 32, 48) and cut[0, 16, 24] == 1
+
+
+def test_atlas_anatomy_replaces_the_subjects_labels_only_where_drawn():
+    x, y = brain_batch(n=8)
+    empty = torch.full_like(y, 2)  # slices without tissue: synthesis from their own labels draws none
+    atlas = (y[:2].clone(), x[:2].clone())
+    own = mix_synthetic(x * 0, empty, torch.Generator().manual_seed(0), 1.0, 1, atlas, 0.0)[1]
+    drawn = mix_synthetic(x * 0, empty, torch.Generator().manual_seed(0), 1.0, 1, atlas, 1.0)[1]
+    assert (own == 2).all()
+    assert ((drawn < 2).flatten(1).sum(1) > 100).all()
 
 
 def test_synth_zero_trains_exactly_as_before(tmp_path, monkeypatch):
@@ -136,6 +168,11 @@ def test_synthetic_training_reads_every_channels_labels_and_repeats_with_its_see
     real = train({**cfg, "synth": 0.0}, "unet", SliceDataset(manifest, "train", context=1), {}, tmp_path / "c.pt",
                  tmp_path / "c.r.pt", extra={"axis": "axial"})["history"]
     assert real != runs[0]
+    train_set = SliceDataset(manifest, "train", context=1)
+    atlas = atlas_slices("axial", 1, train_set.frame)
+    with_atlas = train({**cfg, "synth_atlas": 1.0}, "unet", train_set, {}, tmp_path / "e.pt", tmp_path / "e.r.pt",
+                       extra={"axis": "axial"}, atlas=atlas)["history"]
+    assert with_atlas != runs[0] and np.isfinite(with_atlas[-1]["train_loss"])
     with pytest.raises(SettingsError, match="train.synth=0.5 needs the labels of every input channel"):
         train({**CFG, "synth": 0.5}, "unet", dataset(TRAIN), {"test": dataset(TEST)}, tmp_path / "d.pt",
               tmp_path / "d.r.pt")

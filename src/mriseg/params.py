@@ -46,6 +46,8 @@ def load_params(path="params.yaml"):
                 "a number from 0 to 5", "strength of the augmentation's intensity field; 0 = none")
     check_value(params, path, "train.synth", 0.0, lambda v: number(v) and v <= 1, "a number from 0 to 1",
                 "share of training samples synthesised from their labels; 0 = none")
+    check_value(params, path, "train.synth_atlas", 0.0, lambda v: number(v) and v <= 1, "a number from 0 to 1",
+                "share of synthetic samples drawn from the MNI152 tissue maps; 0 = none")
     check_value(params, path, "train.processes", 1, lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1",
                 "processes training together under torchrun, one per GPU")
     check_value(params, path, "train.workers", "auto", lambda v: v == "auto" or whole(v), "auto or a whole number >= 0",

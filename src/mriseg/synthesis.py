@@ -17,10 +17,12 @@ device; a resume carries on): small ones directly, the per-pixel ones from a dev
 """
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .augmentation import sample_labels, smooth_field, to_device
+from .volumes import pad_margins
 
 BACKGROUND = 2  # mriseg's classes: 0 white matter, 1 gray matter, 2 background
 # Generation classes: 0 air, 1-2 white matter, 3-4 gray matter, 5 CSF inside the brain, then the shells.
@@ -78,21 +80,72 @@ def synthesize(labels, real, gen):
     return image.pow(torch.exp(0.4 * at(-1))), labels
 
 
-def mix_synthetic(images, labels, gen, share, context):
+def mix_synthetic(images, labels, gen, share, context, atlas=None, atlas_share=0.0):
     """A training batch with a share of its samples (a probability each) replaced by synthetic ones; labels
-    (n, C, H, W) of every input channel in, (n, H, W) of the centre slice out. share 0 draws nothing."""
+    (n, C, H, W) of every input channel in, (n, H, W) of the centre slice out. share 0 draws nothing.
+    atlas: (labels, images) of extra anatomy (atlas_slices); each synthetic sample is drawn from one of its
+    slices instead of its own with probability atlas_share (0 draws nothing more)."""
     centre = labels[:, context]
     if not share:
         return images, centre
     picked = torch.nonzero(torch.rand(len(images), generator=gen) < share).flatten()
     if not len(picked):
         return images, centre
+    source, real = labels[picked], images[picked]
+    if atlas is not None and atlas_share:
+        from_atlas = torch.nonzero(torch.rand(len(picked), generator=gen) < atlas_share).flatten()
+        which = torch.randint(len(atlas[0]), (len(from_atlas),), generator=gen)
+        if len(from_atlas):
+            from_atlas, which = to_device(from_atlas, images.device), to_device(which, images.device)
+            source, real = source.clone(), real.clone()
+            source[from_atlas], real[from_atlas] = atlas[0][which], atlas[1][which].to(real.dtype)
     picked = to_device(picked, images.device)
-    synthetic, synthetic_labels = synthesize(labels[picked], images[picked], gen)
+    synthetic, synthetic_labels = synthesize(source, real, gen)
     images, centre = images.clone(), centre.clone()
     images[picked] = synthetic.to(images.dtype)
     centre[picked] = synthetic_labels[:, context]
     return images, centre
+
+
+def atlas_slices(view, context, frame, pixel_size=1.0, min_tissue=100):
+    """Extra anatomy to synthesise from: the MNI152 2009 template's tissue maps (nilearn's wheel; each voxel's
+    most probable class inside the template's brain mask) and its T1 (only its ranks within a tissue are
+    used), prepared as a cohort's subject is (RAS+, pixel_size mm, normalised, cropped), cut along `view`:
+    (labels (m, C, H, W) uint8, images (m, C, H, W) float32) of every slice with min_tissue tissue pixels,
+    with its 2 * context neighbours, each centred as the dataset centres slices and fitted to `frame`."""
+    import nibabel as nib
+    from nilearn import datasets
+
+    from .sample import labels_from_probabilities, mni152_volumes
+    from .scans import tissue_slices
+    from .volumes import crop_to_foreground, normalize_volume, resample_inplane, resample_labels, to_slices, with_context
+
+    t1, gm, wm, affine = mni152_volumes()
+    brain = datasets.load_mni152_brain_mask(resolution=1).get_fdata() > 0
+    labels = nib.Nifti1Image(np.where(brain, labels_from_probabilities(wm, gm), BACKGROUND).astype(np.uint8), affine)
+    image = nib.Nifti1Image((t1 * brain).astype(np.float32), affine)
+    image = np.asanyarray(resample_inplane(image, None, pixel_size, order=1).dataobj)
+    labels = np.rint(np.asanyarray(resample_labels(labels, None, pixel_size).dataobj)).astype(np.uint8)
+    image, _, box = crop_to_foreground(normalize_volume(image), np.eye(4))
+    image, labels = to_slices(image, view), to_slices(labels[box], view)
+    kept = tissue_slices(labels, min_tissue)
+    fit = lambda x, fill: fit_frame(x, frame, fill)
+    return (torch.from_numpy(fit(with_context(labels, context)[kept], BACKGROUND)),
+            torch.from_numpy(fit(with_context(image, context)[kept], 0)))
+
+
+def fit_frame(slices, frame, fill):
+    """(..., H, W) slices centred in the next multiple of 16 (as the dataset centres them), then placed at the
+    top left of frame, or cut to it around their centre where they are larger."""
+    h, w = slices.shape[-2:]
+    top, left, ph, pw = pad_margins(h, w)
+    padded = np.full(slices.shape[:-2] + (ph, pw), fill, slices.dtype)
+    padded[..., top:top + h, left:left + w] = slices
+    cut = [max(0, (p - f) // 2) for p, f in zip((ph, pw), frame)]
+    padded = padded[..., cut[0]:cut[0] + frame[0], cut[1]:cut[1] + frame[1]]
+    out = np.full(slices.shape[:-2] + tuple(frame), fill, slices.dtype)
+    out[..., :padded.shape[-2], :padded.shape[-1]] = padded
+    return out
 
 
 def warp(labels, real, strength, pixels):

@@ -27,7 +27,8 @@ from .models import FlipAveraged, build_model
 
 # `train.recipe: tutorial` puts back every training choice of the reference tutorial in one setting.
 TUTORIAL_RECIPE = {"lr": 3e-4, "batch_size": 16, "loss": "bce", "augment": False, "schedule": "constant",
-                   "stem_init": "random", "context": 0, "flip_tta": False, "width": 16, "synth": 0.0}
+                   "stem_init": "random", "context": 0, "flip_tta": False, "width": 16, "synth": 0.0,
+                   "synth_atlas": 0.0}
 
 
 class SettingsError(ParamsError):
@@ -132,9 +133,10 @@ def open_live(live_dir, history):
     return live
 
 
-def train_epoch(step_model, feed, order, opt, cfg, augment_gen, mirror, device, loss_name, activation, desc, show):
+def train_epoch(step_model, feed, order, opt, cfg, augment_gen, mirror, device, loss_name, activation, desc, show,
+                atlas=None):
     """One pass over this process's share of the shuffled training items: {'train_loss', 'train_iou', ...}
-    summed over every process, and the number of items seen."""
+    summed over every process, and the number of items seen. atlas: extra anatomy for synthesis."""
     amp, batch_size = cfg.get("amp", True), feed.batches.batch_size
     step_model.train()
     total_loss = torch.zeros((), device=device)
@@ -143,7 +145,8 @@ def train_epoch(step_model, feed, order, opt, cfg, augment_gen, mirror, device, 
     for xb, yb in tqdm(feed(order), total=math.ceil(len(order) / batch_size), unit="batch", desc=desc, leave=False,
                        disable=not show):
         if cfg.get("synth"):
-            xb, yb = mix_synthetic(xb, yb, augment_gen, cfg["synth"], cfg.get("context", 0))
+            xb, yb = mix_synthetic(xb, yb, augment_gen, cfg["synth"], cfg.get("context", 0), atlas,
+                                   cfg.get("synth_atlas", 0.0))
         if cfg.get("augment"):
             xb, yb = augment(xb, yb, augment_gen, cfg.get("bias_field", 0.0), flip=mirror)
         with autocast(device, amp):
@@ -165,7 +168,7 @@ def train_epoch(step_model, feed, order, opt, cfg, augment_gen, mirror, device, 
 
 
 def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir=None, eval_batch_size=32,
-          extra=None, data_id="", mirror=True, timing_path=None, artifact=None):
+          extra=None, data_id="", mirror=True, timing_path=None, artifact=None, atlas=None):
     """Train `model_name` with the settings `cfg` (params.yaml's `train`, recipe applied: view_settings).
 
     train_set: a Dataset of (image [C,H,W] float32, mask [H,W] uint8), all of one shape (data.SliceDataset).
@@ -175,6 +178,8 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     to DVCLive in live_dir. Writes the checkpoint to out_path. mirror: the slices' columns run left-right
     (axial, coronal), so flips in augmentation and train.flip_tta give plausible brains; off for sagittal.
     artifact: DVCLive's log_artifact arguments (name, desc, labels) for the checkpoint, when live_dir is set.
+    atlas: (labels, images) of extra anatomy that train.synth_atlas draws synthetic samples from
+    (synthesis.atlas_slices, in train_set's frame).
     Wall-clock times go to timing_path (TSV: epoch, seconds, images_per_s) and nowhere else, so that a
     retrain with the same seed writes the same checkpoint and curves, byte for byte.
 
@@ -207,6 +212,7 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
             raise SettingsError(f"train.synth={cfg['synth']} needs the labels of every input channel: train on a "
                                 "data.SliceDataset")
     feeds = make_feeds(cfg, train_set, eval_sets, device, world, eval_batch_size, channels_last)
+    atlas = tuple(t.to(device) for t in atlas) if atlas is not None and cfg.get("synth_atlas") else None
     model = build_model(model_name, pretrained=cfg["pretrained"], stem_init=cfg.get("stem_init", "random"),
                         in_channels=channels, width=cfg.get("width", 16))
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -235,7 +241,7 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
         t0 = time.perf_counter()
         mine = share_of_batches(torch.randperm(len(train_set), generator=gen), cfg["batch_size"], rank, world)
         sums, seen = train_epoch(step_model, feeds["train"], mine, opt, cfg, augment_gen, mirror, device, loss_name,
-                                 activation, f"epoch {epoch + 1}/{epochs}", lead)
+                                 activation, f"epoch {epoch + 1}/{epochs}", lead, atlas)
         sched.step()
         row = {"epoch": epoch + 1, **sums}
         seconds = time.perf_counter() - t0  # the sums above waited for the device

@@ -53,10 +53,11 @@ def main():
     for subject in IBSR:
         image = SHARED / "ibsr18-dev" / f"IBSR_{subject}.nii.gz"
         img3 = load_volume(image)[1]
-        wm, gm = volumes_ml(load_labels([image.with_name(f"IBSR_{subject}_seg.nii.gz")], "ibsr", image, img3),
-                            voxel_ml_of(img3))
+        seg = image.with_name(f"IBSR_{subject}_seg.nii.gz")
+        wm, gm = volumes_ml(load_labels([seg], "ibsr", image, img3), voxel_ml_of(img3))
+        csf = (np.asanyarray(nib.load(seg).dataobj) == 1).sum() * voxel_ml_of(img3)  # IBSR's own CSF label
         ratios.append(gm / wm)
-        lines.append(row(f"IBSR_{subject} manual", wm, gm))
+        lines.append(row(f"IBSR_{subject} manual", wm, gm, f"CSF label {csf:.0f} ml"))
     ibsr = float(np.mean(ratios))
     lines.append(f"| IBSR mean (10) | | | {ibsr:.2f} | range {min(ratios):.2f}-{max(ratios):.2f} |")
     predictor = Predictor(SHIPPED_MODEL, "cpu")

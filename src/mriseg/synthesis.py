@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .augmentation import sample_labels, smooth_field, to_device
-from .volumes import pad_margins
+from .volumes import pad_slices
 
 BACKGROUND = 2  # mriseg's classes: 0 white matter, 1 gray matter, 2 background
 # Generation classes: 0 air, 1-2 white matter, 3-4 gray matter, 5 CSF inside the brain, then the shells.
@@ -137,11 +137,8 @@ def atlas_slices(view, context, frame, pixel_size=1.0, min_tissue=100):
 def fit_frame(slices, frame, fill):
     """(..., H, W) slices centred in the next multiple of 16 (as the dataset centres them), then placed at the
     top left of frame, or cut to it around their centre where they are larger."""
-    h, w = slices.shape[-2:]
-    top, left, ph, pw = pad_margins(h, w)
-    padded = np.full(slices.shape[:-2] + (ph, pw), fill, slices.dtype)
-    padded[..., top:top + h, left:left + w] = slices
-    cut = [max(0, (p - f) // 2) for p, f in zip((ph, pw), frame)]
+    padded = pad_slices(slices, None, fill)
+    cut = [max(0, (p - f) // 2) for p, f in zip(padded.shape[-2:], frame)]
     padded = padded[..., cut[0]:cut[0] + frame[0], cut[1]:cut[1] + frame[1]]
     out = np.full(slices.shape[:-2] + tuple(frame), fill, slices.dtype)
     out[..., :padded.shape[-2], :padded.shape[-1]] = padded

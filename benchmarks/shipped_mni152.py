@@ -20,16 +20,11 @@ from train_throughput import commit  # noqa: E402
 
 
 def template():
-    """The skull-stripped MNI152 2009 template (a 3-D image) and its tissue labels (each voxel's most probable
-    class of nilearn's maps, inside the template's brain mask)."""
-    from nilearn import datasets
+    """The skull-stripped MNI152 2009 template (a 3-D image) and its tissue labels (sample.mni152_brain)."""
+    from mriseg.sample import mni152_brain
 
-    from mriseg.sample import labels_from_probabilities, mni152_volumes
-
-    t1, gm, wm, affine = mni152_volumes()
-    brain = datasets.load_mni152_brain_mask(resolution=1).get_fdata() > 0
-    truth = np.where(brain, labels_from_probabilities(wm, gm), 2)
-    return nib.Nifti1Image((t1 * brain).astype(np.float32), affine), truth
+    t1, truth, affine = mni152_brain()
+    return nib.Nifti1Image(t1, affine), truth
 
 
 def main():

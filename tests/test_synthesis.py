@@ -113,10 +113,42 @@ def test_fit_frame_pads_small_slices_and_cuts_large_ones_around_their_centre():
     small = np.ones((2, 20, 30), np.uint8)
     padded = fit_frame(small, (48, 48), 2)
     assert padded.shape == (2, 48, 48) and padded.sum() == 2 * 20 * 30 + 2 * (48 * 48 - 20 * 30) * 2
+    # Centred in 32 x 32 (6 rows above, 1 column left), as the dataset centres a slice, then at the top left.
+    assert padded[0, 6, 1] == 1 and padded[0, 5, 1] == 2 and padded[0, 6, 0] == 2 and padded[0, 25, 30] == 1
     large = np.zeros((1, 64, 64), np.uint8)
     large[0, 32, 32] = 1
     cut = fit_frame(large, (32, 48), 2)
     assert cut.shape == (1, 32, 48) and cut[0, 16, 24] == 1
+
+
+def test_the_atlas_is_the_mni152_brain_prepared_as_a_cohorts_subject_is(tmp_path):
+    """atlas_slices against the unzip stage's own path (scans.working_volumes, crop, views) on the same brain."""
+    import nibabel as nib
+
+    from mriseg.sample import IBSR_CODES, mni152_brain
+    from mriseg.scans import tissue_slices, working_volumes
+    from mriseg.volumes import crop_to_foreground, to_slices
+
+    t1, labels, affine = mni152_brain()
+    nib.save(nib.Nifti1Image(t1, affine), tmp_path / "mni.nii.gz")
+    nib.save(nib.Nifti1Image(IBSR_CODES[labels], affine), tmp_path / "mni_seg.nii.gz")
+    image, mask, work_affine = working_volumes(tmp_path / "mni.nii.gz", [tmp_path / "mni_seg.nii.gz"], "ibsr", None,
+                                               1.0)[:3]
+    box = crop_to_foreground(image, work_affine)[2]
+    for view in ("axial", "sagittal"):
+        slices = to_slices(mask[box], view)
+        atlas_labels, atlas_images = atlas_slices(view, 0, (256, 256))
+        expected = fit_frame(slices[tissue_slices(slices, 100)], (256, 256), 2)
+        assert torch.equal(atlas_labels[:, 0], torch.from_numpy(expected))
+
+
+def test_atlas_share_zero_draws_nothing_more_than_synthesis_alone():
+    x, y = brain_batch(n=8)
+    a, b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    alone = mix_synthetic(x, y, a, 0.5, 1)
+    with_atlas = mix_synthetic(x, y, b, 0.5, 1, (y[:2], x[:2]), 0.0)
+    assert torch.equal(alone[0], with_atlas[0]) and torch.equal(alone[1], with_atlas[1])
+    assert torch.equal(a.get_state(), b.get_state())
 
 
 def test_atlas_anatomy_replaces_the_subjects_labels_only_where_drawn():
@@ -170,9 +202,13 @@ def test_synthetic_training_reads_every_channels_labels_and_repeats_with_its_see
     assert real != runs[0]
     train_set = SliceDataset(manifest, "train", context=1)
     atlas = atlas_slices("axial", 1, train_set.frame)
-    with_atlas = train({**cfg, "synth_atlas": 1.0}, "unet", train_set, {}, tmp_path / "e.pt", tmp_path / "e.r.pt",
-                       extra={"axis": "axial"}, atlas=atlas)["history"]
-    assert with_atlas != runs[0] and np.isfinite(with_atlas[-1]["train_loss"])
+    blank = (torch.full_like(atlas[0], 2), atlas[1])  # the same draws from an atlas without tissue
+    with_atlas, with_blank = (train({**cfg, "synth_atlas": 1.0}, "unet", train_set, {}, tmp_path / f"{k}.pt",
+                                    tmp_path / f"{k}.r.pt", extra={"axis": "axial"}, atlas=a)["history"]
+                              for k, a in (("e", atlas), ("f", blank)))
+    assert with_atlas != with_blank and np.isfinite(with_atlas[-1]["train_loss"])
+    with pytest.raises(SettingsError, match=r"train.synth_atlas=1.0 needs the atlas's slices in the training frame"):
+        train({**cfg, "synth_atlas": 1.0}, "unet", train_set, {}, tmp_path / "g.pt", tmp_path / "g.r.pt")
     with pytest.raises(SettingsError, match="train.synth=0.5 needs the labels of every input channel"):
         train({**CFG, "synth": 0.5}, "unet", dataset(TRAIN), {"test": dataset(TEST)}, tmp_path / "d.pt",
               tmp_path / "d.r.pt")

@@ -28,6 +28,17 @@ def mni152_volumes():
     return t1.get_fdata(), gm, wm, t1.affine
 
 
+def mni152_brain():
+    """The skull-stripped template and its tissue labels: (T1 float32 zero outside nilearn's brain mask, labels
+    uint8, each voxel's most probable class inside the mask and background outside, affine)."""
+    from nilearn import datasets
+
+    t1, gm, wm, affine = mni152_volumes()
+    brain = datasets.load_mni152_brain_mask(resolution=1).get_fdata() > 0
+    labels = np.where(brain, labels_from_probabilities(wm, gm), 2).astype(np.uint8)
+    return (t1 * brain).astype(np.float32), labels, affine
+
+
 def labels_from_probabilities(wm, gm):
     bg = 1.0 - wm - gm
     return np.argmax(np.stack([wm, gm, bg]), axis=0).astype(np.uint8)  # 0 = WM, 1 = GM, 2 = background

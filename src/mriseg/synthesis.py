@@ -109,26 +109,28 @@ def mix_synthetic(images, labels, gen, share, context, atlas=None, atlas_share=0
 
 def atlas_slices(view, context, frame, pixel_size=1.0, min_tissue=100):
     """Extra anatomy to synthesise from: the MNI152 2009 template's tissue maps (nilearn's wheel; each voxel's
-    most probable class inside the template's brain mask) and its T1 (only its ranks within a tissue are
+    most probable class inside the template's brain mask: sample.mni152_brain) and its T1 (only its ranks within a tissue are
     used), prepared as a cohort's subject is (RAS+, pixel_size mm, normalised, cropped), cut along `view`:
     (labels (m, C, H, W) uint8, images (m, C, H, W) float32) of every slice with min_tissue tissue pixels,
     with its 2 * context neighbours, each centred as the dataset centres slices and fitted to `frame`."""
     import nibabel as nib
-    from nilearn import datasets
 
-    from .sample import labels_from_probabilities, mni152_volumes
+    from .errors import DataError
+    from .sample import mni152_brain
     from .scans import tissue_slices
     from .volumes import crop_to_foreground, normalize_volume, resample_inplane, resample_labels, to_slices, with_context
 
-    t1, gm, wm, affine = mni152_volumes()
-    brain = datasets.load_mni152_brain_mask(resolution=1).get_fdata() > 0
-    labels = nib.Nifti1Image(np.where(brain, labels_from_probabilities(wm, gm), BACKGROUND).astype(np.uint8), affine)
-    image = nib.Nifti1Image((t1 * brain).astype(np.float32), affine)
+    t1, labels, affine = mni152_brain()
+    labels = nib.Nifti1Image(labels, affine)
+    image = nib.Nifti1Image(t1, affine)
     image = np.asanyarray(resample_inplane(image, None, pixel_size, order=1).dataobj)
     labels = np.rint(np.asanyarray(resample_labels(labels, None, pixel_size).dataobj)).astype(np.uint8)
     image, _, box = crop_to_foreground(normalize_volume(image), np.eye(4))
     image, labels = to_slices(image, view), to_slices(labels[box], view)
     kept = tissue_slices(labels, min_tissue)
+    if not kept:
+        raise DataError(f"train.synth_atlas: no {view} slice of the MNI152 atlas has {min_tissue} tissue pixels "
+                        "(data.min_tissue)")
     fit = lambda x, fill: fit_frame(x, frame, fill)
     return (torch.from_numpy(fit(with_context(labels, context)[kept], BACKGROUND)),
             torch.from_numpy(fit(with_context(image, context)[kept], 0)))

@@ -211,8 +211,15 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
         if train_set[0][1].shape != train_set[0][0].shape:
             raise SettingsError(f"train.synth={cfg['synth']} needs the labels of every input channel: train on a "
                                 "data.SliceDataset")
+    if cfg.get("synth") and cfg.get("synth_atlas"):
+        if atlas is None or atlas[0].shape[1:] != train_set[0][1].shape:
+            raise SettingsError(f"train.synth_atlas={cfg['synth_atlas']} needs the atlas's slices in the training "
+                                f"frame {tuple(train_set[0][1].shape)} (synthesis.atlas_slices), got "
+                                f"{None if atlas is None else tuple(atlas[0].shape[1:])}")
+        atlas = tuple(t.to(device) for t in atlas)
+    else:
+        atlas = None
     feeds = make_feeds(cfg, train_set, eval_sets, device, world, eval_batch_size, channels_last)
-    atlas = tuple(t.to(device) for t in atlas) if atlas is not None and cfg.get("synth_atlas") else None
     model = build_model(model_name, pretrained=cfg["pretrained"], stem_init=cfg.get("stem_init", "random"),
                         in_channels=channels, width=cfg.get("width", 16))
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)

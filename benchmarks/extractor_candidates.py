@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from heads import SHARED, dice  # noqa: E402
 from mriseg.devices import cpu_name  # noqa: E402
+from mriseg.extraction import voxel_ml_of  # noqa: E402
 from train_throughput import commit, publish  # noqa: E402
 
 
@@ -62,7 +63,7 @@ def main():
             lines.append(f"| {name} | not installed ({e.name}) | | | |")
             continue
         lines.append(f"| {name} | {dice(mask, labelled):.3f} | {(mask & (truth < 2)).sum() / (truth < 2).sum():.4f} | "
-                     f"{mask.sum() * np.prod(img3.header.get_zooms()[:3]) / 1000:.0f} | {seconds:.1f} |")
+                     f"{mask.sum() * voxel_ml_of(img3):.0f} | {seconds:.1f} |")
         print(lines[-1], flush=True)
     publish(lines, args.out)
 

@@ -26,7 +26,9 @@ IBSR = ("01", "03", "04", "05", "06", "07", "08", "09", "16", "18")
 
 def volumes_ml(labels, voxel_ml):
     """(white matter ml, gray matter ml) of labels in mriseg's classes."""
-    return (labels == 0).sum() * voxel_ml, (labels == 1).sum() * voxel_ml
+    from mriseg.segment import tissue_counts
+
+    return tuple(count * voxel_ml for count in tissue_counts(labels))
 
 
 def row(name, wm, gm, note=""):

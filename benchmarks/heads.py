@@ -40,19 +40,27 @@ def segment(predictor, extractor, img3, where, skull_strip):
     return labels, brain, decided, time.perf_counter() - t0
 
 
-def row(name, labels, truth, voxel_ml, seconds, decided, brain=None, labelled=None, image=None):
-    from mriseg.extraction import share_outside
+def row(name, labels, truth, img3, seconds, decided, brain=None, labelled=None, image=None):
+    """One input's cells. ICV: segment.tissue_volumes' icv_ml against the reference's white matter, gray
+    matter and CSF (FreeSurfer's: its labels and the sulcal CSF within them, labels.fill_sulci)."""
+    from mriseg.extraction import share_outside, voxel_ml_of
     from mriseg.metrics import confusion_of, subject_scores
+    from mriseg.segment import tissue_volumes
 
+    voxel_ml = voxel_ml_of(img3)
     s = subject_scores(confusion_of(labels, truth), voxel_ml)
+    icv = tissue_volumes(labels, brain, img3, True)["icv_ml"]
+    reference_icv = float((truth != 2).sum()) * voxel_ml
     extraction = (f"{share_outside(image, brain):.3f} | {dice(brain, labelled):.3f} | "
                   f"{(brain & (truth < 2)).sum() / (truth < 2).sum():.4f}" if brain is not None else "- | - | -")
+    csf = (f"{s['dice_csf']:.4f} | {s['volume_error_csf']:+.3f}" if "dice_csf" in s else "- | -")
     return (f"| {name} | {decided} | {extraction} | {s['dice_white_matter']:.4f} | {s['dice_gray_matter']:.4f} | "
-            f"{s['volume_error_white_matter']:+.3f} | {s['volume_error_gray_matter']:+.3f} | {seconds:.1f} |")
+            f"{csf} | {s['volume_error_white_matter']:+.3f} | {s['volume_error_gray_matter']:+.3f} | "
+            f"{icv:.0f} / {reference_icv:.0f} ({icv / reference_icv - 1:+.3f}) | {seconds:.1f} |")
 
 
 def main():
-    from mriseg.extraction import EXTRACTOR, BrainExtractor, voxel_ml_of
+    from mriseg.extraction import EXTRACTOR, BrainExtractor
     from mriseg.labels import load_labels
     from mriseg.models import SHIPPED_MODEL
     from mriseg.prediction import Predictor
@@ -67,30 +75,30 @@ def main():
     lines = ["# Whole heads from other scanners: brain extraction, then the views", "",
              f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}. Commit {commit()}. "
              f"Model: {args.model}. Extractor: {EXTRACTOR}. Reference: FreeSurfer's labels (freesurfer-aseg preset, "
-             "cortical parcels gray matter); labelled brain = every voxel with a label.", "",
+             "cortical parcels gray matter, ventricles and the unlabelled sulcal CSF within the labelled brain "
+             "CSF); labelled brain = every voxel with a label. IBSR_07: its re-made labels (data.csf intensity).", "",
              "| input | skull_strip | bright voxels > 5 voxels from the mask (auto: extracted already if <= 0.05) | "
-             "mask Dice vs labelled brain | labelled tissue kept | Dice WM | Dice GM | volume error WM | "
-             "volume error GM | s per volume |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "mask Dice vs labelled brain | labelled tissue kept | Dice WM | Dice GM | Dice CSF | volume error CSF | "
+             "volume error WM | volume error GM | ICV ml / reference (error) | s per volume |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, (image, seg) in HEADS.items():
         img3 = load_volume(SHARED / image)[1]
         truth = load_labels([SHARED / seg], "freesurfer-aseg", SHARED / image, img3)
         labelled = np.asanyarray(nib.load(SHARED / seg).dataobj).reshape(truth.shape) > 0
-        voxel_ml = voxel_ml_of(img3)
         labels, brain, decided, seconds = segment(predictor, extractor, img3, name, "auto")
-        lines.append(row(f"{name} (auto)", labels, truth, voxel_ml, seconds, decided, brain, labelled,
+        lines.append(row(f"{name} (auto)", labels, truth, img3, seconds, decided, brain, labelled,
                          np.asanyarray(img3.dataobj)))
         stripped = nib.Nifti1Image(np.where(labelled, np.asanyarray(img3.dataobj), 0).astype(np.float32), img3.affine)
         labels, _, decided, seconds = segment(predictor, extractor, stripped, name, "no")
-        lines.append(row(f"{name} stripped by its labels (no)", labels, truth, voxel_ml, seconds, decided))
+        lines.append(row(f"{name} stripped by its labels (no)", labels, truth, img3, seconds, decided))
         print(lines[-2], lines[-1], sep="\n", flush=True)
     ibsr = SHARED / "ibsr18-dev" / "IBSR_07.nii.gz"
     if ibsr.exists():
         img3 = load_volume(ibsr)[1]
-        truth = load_labels([ibsr.with_name("IBSR_07_seg.nii.gz")], "ibsr", ibsr, img3)
-        voxel_ml = voxel_ml_of(img3)
+        truth = load_labels([ibsr.with_name("IBSR_07_seg.nii.gz")], "ibsr", ibsr, img3, "intensity")
         for mode in ("auto", "no"):
             labels, brain, decided, seconds = segment(predictor, extractor, img3, "IBSR_07", mode)
-            lines.append(row(f"IBSR_07 ({mode})", labels, truth, voxel_ml, seconds, decided, brain, truth < 2,
+            lines.append(row(f"IBSR_07 ({mode})", labels, truth, img3, seconds, decided, brain, truth != 2,
                              np.asanyarray(img3.dataobj)))
             print(lines[-1], flush=True)
     publish(lines, args.out)

@@ -14,7 +14,7 @@ def main():
         n_subjects, n_slices = prepare_cohort(
             "data/archive.zip", "data/MRIs", labels=str(data["labels"]), pixel_size=data["pixel_size"],
             min_tissue=data["min_tissue"], max_volume_mb=data["max_volume_mb"],
-            max_extracted_mb=data["max_extracted_mb"], skull_strip=data.get("skull_strip", "no"))
+            max_extracted_mb=data["max_extracted_mb"], skull_strip=data.get("skull_strip", "no"), csf=data.get("csf", "intensity"))
         print(f"preprocessed {n_subjects} subjects ({n_slices} axial slices with tissue) -> data/MRIs")
     else:
         print(f"extracted {extract_archive('data/archive.zip', 'data/MRIs', data['max_extracted_mb'])} "

@@ -111,9 +111,9 @@ def test_valid_cohort_is_prepared(tmp_path, dest, folders):
         assert image.dtype == np.float32 and image.ndim == 3
         assert np.isfinite(image).all() and 0.0 <= image.min() and image.max() <= 1.0
         assert labels.dtype == np.uint8 and labels.shape == image.shape
-        assert set(np.unique(labels)) <= {0, 1, 2} and {0, 1} <= set(np.unique(labels))
+        assert set(np.unique(labels)) <= {0, 1, 2, 3} and {0, 1, 3} <= set(np.unique(labels))
         assert native.dtype == np.uint8 and native.shape == SHAPE and list(SHAPE) == record["native_shape"]
-        assert set(np.unique(native)) <= {0, 1, 2}
+        assert set(np.unique(native)) <= {0, 1, 2, 3}
         assert record["shape"] == list(image.shape)  # (X, Y, Z) on the isotropic working grid
         assert sorted(record["kept"]) == ["axial", "coronal", "sagittal"]
         for view, kept in record["kept"].items():
@@ -405,5 +405,5 @@ def test_real_ibsr_subjects_zipped_as_published(tmp_path):
         # 128 coronal slices of 1.5 mm -> 192 of 1 mm, cropped to the head; 0.94/0.84 mm pixels -> 1 mm.
         assert 150 < image.shape[1] <= 193 and max(image.shape[0], image.shape[2]) < 230
         assert rec["native_shape"] == [256, 128, 256] and native.shape == (256, 128, 256)
-        assert 120 < len(rec["kept"]["coronal"]) <= image.shape[1] and set(np.unique(native)) == {0, 1, 2}
+        assert 120 < len(rec["kept"]["coronal"]) <= image.shape[1] and set(np.unique(native)) == {0, 1, 2, 3}
     assert n_slices == sum(len(meta["subjects"][s]["kept"]["axial"]) for s in meta["subjects"])

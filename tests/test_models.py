@@ -7,17 +7,19 @@ from mriseg.models import (FlipAveraged, PretrainedWeightsUnavailable, UNet, UNe
 
 
 def test_parameter_counts_match_the_recipe():
-    assert count_parameters(UNet()) == 483_571
-    assert count_parameters(UNetResNet()) == 14_750_635
+    # the tutorial's three classes; the CSF class adds one output channel to the head
+    assert count_parameters(UNet(num_classes=3)) == 483_571
+    assert count_parameters(UNetResNet(num_classes=3)) == 14_750_635
+    assert count_parameters(UNet()) == 483_571 + 16 * 9 + 1  # a 3x3 kernel over 16 channels, and a bias
 
 
 def test_unet_width_scales_every_stage():
     """train.width: channels width, 2x, 4x, 8x; parameters grow with its square (16 is the tutorial's)."""
-    wide = build_model("unet", width=32)
+    wide = build_model("unet", width=32, num_classes=3)
     assert count_parameters(wide) == 1_928_675
     assert wide.stem[0][0].out_channels == 32 and wide.down3.block[2][0].out_channels == 256
     with torch.no_grad():
-        assert build_model("unet", width=8, in_channels=3).eval()(torch.randn(1, 3, 99, 131)).shape == (1, 3, 99, 131)
+        assert build_model("unet", width=8, in_channels=3).eval()(torch.randn(1, 3, 99, 131)).shape == (1, 4, 99, 131)
 
 
 @pytest.mark.parametrize("name", ["unet", "resnet"])
@@ -26,7 +28,7 @@ def test_output_has_input_size_on_odd_and_non_square_slices(name, shape):
     model = build_model(name).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 1, *shape))
-    assert out.shape == (2, 3, *shape)
+    assert out.shape == (2, 4, *shape)
 
 
 def test_pad_to_pads_left_top_per_axis_and_crops_when_negative():
@@ -69,7 +71,7 @@ def test_pretrained_weights_load_from_the_torch_home_cache(tmp_path, monkeypatch
 @pytest.mark.parametrize("name", ["unet", "resnet"])
 def test_context_channels(name):
     model = build_model(name, in_channels=5).eval()
-    assert model(torch.rand(2, 5, 40, 48)).shape == (2, 3, 40, 48)
+    assert model(torch.rand(2, 5, 40, 48)).shape == (2, 4, 40, 48)
 
 
 def test_pretrained_without_cache_offline_says_how_to_proceed(tmp_path, monkeypatch):

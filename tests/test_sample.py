@@ -14,7 +14,9 @@ from conftest import make_project, run
 def test_label_rule_takes_the_most_probable_class():
     wm = np.array([0.6, 0.3, 0.1, 0.45])
     gm = np.array([0.3, 0.6, 0.1, 0.45])
-    assert labels_from_probabilities(wm, gm).tolist() == [0, 1, 2, 0]
+    brain = np.array([True, True, True, True])
+    assert labels_from_probabilities(wm, gm, brain).tolist() == [0, 1, 3, 0]  # neither, inside the brain: CSF
+    assert labels_from_probabilities(wm, gm, ~brain).tolist() == [2, 2, 2, 2]
 
 
 def test_sample_is_a_deterministic_cohort_of_two_labelled_volumes(tmp_path):
@@ -30,7 +32,7 @@ def test_sample_is_a_deterministic_cohort_of_two_labelled_volumes(tmp_path):
         labels = nib.Nifti1Image.from_bytes(zf.read("mni152/mni152_seg.nii"))
         warped = nib.Nifti1Image.from_bytes(zf.read("mni152-warped/mni152-warped.nii"))
     assert image.shape == labels.shape == tuple(s.stop - s.start for s in BLOCK)
-    assert set(np.unique(labels.get_fdata())) == {0, 2, 3}  # IBSR's codes: background, gray, white matter
+    assert set(np.unique(labels.get_fdata())) == {0, 1, 2, 3}  # IBSR's codes: background, CSF, gray, white matter
     t1, seg = image.get_fdata(), labels.get_fdata()
     assert t1[seg == 3].mean() > t1[seg == 2].mean() * 1.1  # white matter is brighter than gray on T1
     assert not np.allclose(warped.affine, image.affine)  # the same voxels placed rotated and scaled

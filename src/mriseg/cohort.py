@@ -12,7 +12,8 @@ declared sizes over data.max_extracted_mb.
 Each subject is preprocessed once onto its working grid: RAS+, resampled to data.pixel_size mm on all
 three axes (an isotropic grid, so that axial, coronal and sagittal slices all have square pixels of the
 size the networks train on; labels resampled per class), normalised on its own, cropped to the head
-(volumes.crop_to_foreground, as prediction crops). Written uncompressed:
+(volumes.crop_to_foreground, as prediction crops). Its labels' CSF follows data.csf (labels.CSF_RULES: by
+default re-made from the image, so that gray matter holds no sulcal CSF). Written uncompressed:
 
     volumes/<subject>.image.npy   float32 (X, Y, Z) working volume; every view reads its slices (mmap)
     volumes/<subject>.labels.npy  uint8, same shape
@@ -32,11 +33,12 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from tqdm import tqdm
 
+from . import CLASS_NAMES
 from .archive import IMAGE_DIR, ArchiveError, _check_entry, _ignored, _read, save_hashed, write_hashes
 from .errors import MrisegError
 from .extraction import find_brain, voxel_ml_of
 from .io import replace_dir
-from .labels import SourceError, parse_labels
+from .labels import CSF_RULES, SourceError, parse_labels
 from .scans import find_subjects, tissue_slices, volume_header, working_volumes
 from .volumes import NORMALIZATION, VIEWS, VolumeError, crop_to_foreground, is_volume, load_volume, to_slices
 
@@ -56,17 +58,19 @@ def holds_volumes(archive):
 
 
 def prepare_cohort(archive, dest, labels="ibsr", pixel_size=1.0, min_tissue=100,
-                   max_volume_mb=1024, max_extracted_mb=4096, skull_strip="no"):
+                   max_volume_mb=1024, max_extracted_mb=4096, skull_strip="no", csf="intensity"):
     """Validate and preprocess every subject of a volume zip into dest; returns (subjects, slices kept).
 
     skull_strip (data.skull_strip): auto | yes | no, as `mriseg predict --skull-strip` decides it: each
     head's brain extracted once, everything outside it zero and its labels background, as prediction sees
-    it; the mask kept beside the arrays.
+    it; the mask kept beside the arrays. csf (data.csf): how the CSF class is drawn (labels.CSF_RULES).
 
     dest changes only when every subject has passed (built in a temporary folder, then swapped in).
     """
     archive, dest = Path(archive), Path(dest)
     labels, pixel_size = parse_labels(labels), pixel_size or None
+    if csf not in CSF_RULES:
+        raise SourceError(f"data.csf {csf!r}: use one of {', '.join(CSF_RULES)}")
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as e:
@@ -89,7 +93,8 @@ def prepare_cohort(archive, dest, labels="ibsr", pixel_size=1.0, min_tissue=100,
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(_read(zf, info, archive))
         try:
-            n_subjects, n_slices = _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb, skull_strip)
+            n_subjects, n_slices = _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb, skull_strip,
+                                               csf)
         except (SourceError, VolumeError, MrisegError) as e:  # name the zip's entry, not the temporary copy
             message = str(e)
             for temporary in (f"{raw}/: ", f"{raw}: ", f"{raw}/"):
@@ -102,7 +107,7 @@ def prepare_cohort(archive, dest, labels="ibsr", pixel_size=1.0, min_tissue=100,
         shutil.rmtree(out, ignore_errors=True)
 
 
-def _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb, skull_strip):
+def _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb, skull_strip, csf):
     subjects = find_subjects(raw, labels, strict=True)
     for _, image_path, label_paths in subjects:
         for path in (image_path, *label_paths):
@@ -119,7 +124,7 @@ def _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb, skull_s
         brain, stripped = find_brain(extractor, img3, image_path, skull_strip)
         brain = brain if stripped == "extracted" else None
         image, mask, work_affine, native, _ = working_volumes(image_path, label_paths, labels, None, pixel_size,
-                                                              brain, img3)
+                                                              brain, img3, csf)
         image, work_affine, box = crop_to_foreground(image, work_affine)  # as prediction crops
         mask = mask[box]
         kept = {view: tissue_slices(to_slices(mask, view), min_tissue) for view in VIEWS}
@@ -139,7 +144,8 @@ def _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb, skull_s
                 "grid": "isotropic" if pixel_size else "voxels",  # data.pixel_size 0 keeps each subject's voxels
                 "pixel_size_mm": [pixel_size, pixel_size] if pixel_size else None,
                 "labels": labels if isinstance(labels, str) else {str(k): v for k, v in labels.items()},
-                "min_tissue": min_tissue, "subjects": records}
+                "min_tissue": min_tissue, "csf": csf,
+                "classes": list(CLASS_NAMES if csf != "none" else CLASS_NAMES[:3]), "subjects": records}
     (out / "mriseg.json").write_text(json.dumps(metadata, indent=1, sort_keys=True) + "\n")
     write_hashes(out, hashes)
     return len(subjects), kept_total

@@ -22,6 +22,7 @@ SKULL_STRIP = ("auto", "yes", "no")
 # A plausible adult brain mask (brain and the CSF between its parts, as the extractor draws it), ml; half
 # the lower bound is no brain at all (strip_skull refuses it).
 BRAIN_ML = (800.0, 2000.0)
+ICV_CLOSING_MM = 3  # intracranial: sulci up to about twice this wide are closed
 
 
 class ExtractorError(MrisegError):
@@ -116,3 +117,15 @@ def strip_skull(extractor, img3, path, skull_strip):
 def voxel_ml_of(img):
     """The volume of one voxel of a nibabel image, in ml."""
     return float(np.prod(img.header.get_zooms()[:3])) / 1000.0
+
+
+def intracranial(labels, brain, zooms):
+    """The intracranial space of a segmented scan: its white matter, gray matter and CSF (labels 0, 1, 3) and
+    the brain mask where there is one, closed by a ball of ICV_CLOSING_MM and filled (volumes.filled_closing),
+    so that the CSF of the sulci and ventricles is inside. icv_ml is its volume. Known bias: it ends where the
+    brain mask and the segmented CSF end; the extractor draws its mask at the brain's outer CSF, so the CSF
+    between that and the inner table of the skull is missing where the mask is tighter (docs/heads.md)."""
+    from .volumes import filled_closing
+
+    inside = (labels != 2) if brain is None else (labels != 2) | brain
+    return filled_closing(inside, ICV_CLOSING_MM, zooms)

@@ -25,7 +25,9 @@ def unpack_archive(archive, root, ckpt, labels=None):
 
     if holds_volumes(archive):
         pixel = ckpt.get("pixel_size_mm")
-        prepare_cohort(archive, root, labels=labels or "ibsr", pixel_size=pixel[0] if pixel else None)
+        # CSF drawn as the model's training labels drew it (checkpoints before the CSF class: none)
+        prepare_cohort(archive, root, labels=labels or "ibsr", pixel_size=pixel[0] if pixel else None,
+                       csf=ckpt.get("csf", "none"))
     else:
         extract_archive(archive, root)
 

@@ -1,29 +1,40 @@
 """Manual tissue labels: the presets (IBSR, FreeSurfer's aseg, FSL FAST) and explicit maps that turn a label
-volume into the three classes (0 white matter, 1 gray matter, 2 background), and which files beside an image
-hold its labels."""
+volume into mriseg's classes (0 white matter, 1 gray matter, 2 background, 3 CSF), the CSF rules of data.csf,
+and which files beside an image hold its labels."""
 import re
 from pathlib import Path
 
 import numpy as np
 
 from .errors import MrisegError
-from .volumes import is_volume, load_volume, volume_stem
+from .volumes import filled_closing, is_volume, load_volume, volume_stem
 
 # FreeSurfer aseg labels (FreeSurferColorLUT). Brainstem goes to white matter, as in IBSR's tracings.
 ASEG_WHITE = (2, 41, 7, 46, 16, 77, 78, 79, 85, 251, 252, 253, 254, 255)
 ASEG_GRAY = (3, 42, 8, 47, 10, 49, 11, 50, 12, 51, 13, 52, 17, 53, 18, 54, 26, 58, 28, 60)
 # aparc+aseg, aparc.DKTatlas+aseg, aparc.a2009s+aseg: the cortex (aseg 3, 42) split into parcels, all gray matter.
 ASEG_CORTEX_PARCELS = (*range(1000, 1036), *range(2000, 2036), *range(11100, 11176), *range(12100, 12176))
-# Everything else aseg holds (ventricles, CSF, vessels, choroid plexus, hypointensities) is background.
-ASEG_BACKGROUND = (0, 4, 5, 14, 15, 24, 30, 31, 43, 44, 62, 63, 72, 80, 81, 82)
+# Ventricles, the inferior lateral ventricles and the CSF label: CSF. The sulcal CSF that aseg leaves unlabelled
+# is CSF too where it lies within the labelled brain (fill_sulci).
+ASEG_CSF = (4, 5, 14, 15, 24, 43, 44, 72)
+# Everything else aseg holds (vessels, choroid plexus, hypointensities) is background.
+ASEG_BACKGROUND = (0, 30, 31, 62, 63, 80, 81, 82)
+WHITE, GRAY, BACKGROUND, CSF = 0, 1, 2, 3
 PRESETS = {
-    "ibsr": {3: 0, 2: 1},  # IBSR: 0 background, 1 CSF, 2 gray matter, 3 white matter
-    "freesurfer-aseg": {**{v: 0 for v in ASEG_WHITE}, **{v: 1 for v in ASEG_GRAY + ASEG_CORTEX_PARCELS}},
+    "ibsr": {3: WHITE, 2: GRAY, 1: CSF},  # IBSR: 0 background, 1 CSF, 2 gray matter, 3 white matter
+    "freesurfer-aseg": {**{v: WHITE for v in ASEG_WHITE}, **{v: GRAY for v in ASEG_GRAY + ASEG_CORTEX_PARCELS},
+                        **{v: CSF for v in ASEG_CSF}},
     "fsl-fast": "argmax of pve_0 (CSF), pve_1 (gray matter), pve_2 (white matter)",
 }
+# data.csf: how the CSF class is drawn. intensity: the labels' CSF, and their gray matter darker than halfway
+# between pure CSF and pure gray matter (remake_csf); labels: as the label source draws it (IBSR: ventricles,
+# its sulcal CSF counted as gray matter); none: no CSF class (CSF is background: mriseg's earlier three classes).
+CSF_RULES = ("intensity", "labels", "none")
+# fill_sulci: unlabelled voxels within this many mm of labelled brain on both sides (a closing) are sulcal CSF.
+SULCUS_MM = 3
 
 KNOWN_VALUES = {"ibsr": (0, 1, 2, 3),
-                "freesurfer-aseg": ASEG_WHITE + ASEG_GRAY + ASEG_CORTEX_PARCELS + ASEG_BACKGROUND}
+                "freesurfer-aseg": ASEG_WHITE + ASEG_GRAY + ASEG_CORTEX_PARCELS + ASEG_CSF + ASEG_BACKGROUND}
 
 
 class SourceError(MrisegError):
@@ -31,15 +42,16 @@ class SourceError(MrisegError):
 
 
 def parse_labels(spec):
-    """A preset name, or an explicit 'SRC:DST,...' mapping (DST 0 = white matter, 1 = gray matter)."""
+    """A preset name, or an explicit 'SRC:DST,...' mapping (DST 0 white matter, 1 gray matter, 2 background, 3 CSF)."""
     if spec in PRESETS:
         return spec
     try:
         mapping = {int(a): int(b) for a, b in (item.split(":") for item in spec.split(","))}
     except ValueError:
         raise SourceError(f"--labels {spec!r}: use {', '.join(PRESETS)} or a mapping like '3:0,2:1'") from None
-    if not set(mapping.values()) <= {0, 1, 2}:
-        raise SourceError(f"--labels {spec!r}: targets must be 0 (white matter), 1 (gray matter) or 2 (background)")
+    if not set(mapping.values()) <= {WHITE, GRAY, BACKGROUND, CSF}:
+        raise SourceError(f"--labels {spec!r}: targets must be 0 (white matter), 1 (gray matter), 2 (background) "
+                          "or 3 (CSF)")
     return mapping
 
 
@@ -63,21 +75,97 @@ def check_label_values(volumes, labels, paths):
                           "preset (choose another, or an explicit map such as '3:0,2:1')")
 
 
-def map_labels(volumes, labels):
+def map_labels(volumes, labels, zooms=(1.0, 1.0, 1.0)):
+    """Label volume(s) -> mriseg's classes (uint8). zooms: the voxel sizes in mm (fill_sulci's reach)."""
     if labels == "fsl-fast":
         pve = np.stack(volumes)  # CSF, GM, WM
-        tissue = np.array([2, 1, 0], np.uint8)[pve.argmax(axis=0)]
-        return np.where(pve.sum(axis=0) > 0, tissue, 2).astype(np.uint8)
+        tissue = np.array([CSF, GRAY, WHITE], np.uint8)[pve.argmax(axis=0)]
+        return np.where(pve.sum(axis=0) > 0, tissue, BACKGROUND).astype(np.uint8)
     table = PRESETS[labels] if isinstance(labels, str) else labels
     vol = np.rint(volumes[0]).astype(np.int64)
-    out = np.full(vol.shape, 2, np.uint8)
-    for src, dst in table.items():
-        out[vol == src] = dst
-    return out
+    low, high = (int(vol.min()), int(vol.max())) if vol.size else (0, 0)
+    if 0 <= low and high < 2**20:  # one look-up table: aseg's parcellations hold ~200 values
+        lut = np.full(high + 1, BACKGROUND, np.uint8)
+        for src, dst in table.items():
+            if 0 <= src <= high:
+                lut[src] = dst
+        out = lut[vol]
+    else:
+        out = np.full(vol.shape, BACKGROUND, np.uint8)
+        for src, dst in table.items():
+            out[vol == src] = dst
+    return fill_sulci(out, vol == 0, zooms) if labels == "freesurfer-aseg" else out
 
 
-def load_labels(label_paths, labels, image_path, img3):
-    """The label volume(s) of an image mapped to the three classes, on the image's own grid."""
+def fill_sulci(classes, unlabelled, zooms):
+    """FreeSurfer's aseg leaves the CSF in the sulci and around the brain unlabelled (0): its unlabelled voxels
+    that a closing of the labelled brain by a ball of SULCUS_MM reaches become CSF (the sulci, not the CSF
+    between the brain and the skull, which no aseg holds)."""
+    brain = filled_closing(~unlabelled, SULCUS_MM, zooms)
+    return np.where(unlabelled & brain, CSF, classes).astype(np.uint8)
+
+
+def apply_csf_rule(classes, image, rule):
+    """data.csf on mapped labels (CSF_RULES): image is the scan on the labels' grid (intensity only)."""
+    if rule not in CSF_RULES:
+        raise SourceError(f"data.csf {rule!r}: use one of {', '.join(CSF_RULES)}")
+    if rule == "none":
+        return np.where(classes == CSF, BACKGROUND, classes).astype(np.uint8)
+    return remake_csf(classes, image) if rule == "intensity" else classes
+
+
+def pure(mask, iterations=1, least=100):
+    """A label's voxels `iterations` voxels in from its edge, away from partial volume (the whole label where
+    that leaves fewer than `least`)."""
+    from scipy import ndimage
+
+    core = ndimage.binary_erosion(mask, iterations=iterations)
+    return core if core.sum() >= least else mask
+
+
+def csf_thresholds(classes, image):
+    """(pure CSF intensity, pure gray matter intensity) of one scan: the median of the labelled CSF one voxel
+    in from its edge (ventricles), and of the gray matter two voxels in from anything not tissue. None where
+    the labels hold too little CSF or gray matter to measure them."""
+    from scipy import ndimage
+
+    core = pure(classes == CSF)
+    inner_gray = ndimage.binary_erosion(classes < BACKGROUND, iterations=2) & (classes == GRAY)
+    inner_gray = inner_gray if inner_gray.sum() >= 100 else classes == GRAY
+    if core.sum() < 10 or inner_gray.sum() < 10:
+        return None
+    return float(np.median(image[core])), float(np.median(image[inner_gray]))
+
+
+def remake_csf(classes, image):
+    """Gray matter made of more CSF than cortex becomes CSF: a voxel of the labels' gray matter whose intensity
+    (mean of its labelled 3x3x3 neighbourhood, against noise) lies below halfway between pure CSF and pure gray matter (csf_thresholds),
+    i.e. a linear partial-volume fraction of CSF above 1/2, the rule FSL FAST's and SPM's mixtures draw at.
+    White matter, background and the labels' own CSF never change. IBSR's tracers counted sulcal CSF as gray
+    matter: this gives it back. SourceError where the scan's CSF is not darker than its gray matter (not a T1)."""
+    from scipy import ndimage
+
+    image = np.asarray(image, np.float32)
+    levels = csf_thresholds(classes, image)
+    if levels is None:
+        raise SourceError("data.csf intensity: the labels hold too little CSF (ventricles) to measure pure CSF "
+                          "from; use data.csf: labels")
+    csf, gray = levels
+    if csf >= gray:
+        raise SourceError(f"data.csf intensity: CSF ({csf:g}) is not darker than gray matter ({gray:g}): "
+                          "a T1-weighted scan is needed; use data.csf: labels")
+    threshold = (csf + gray) / 2
+    # The mean of each voxel's labelled 3x3x3 neighbours, against noise: the zeros around a stripped brain
+    # are not counted, so they do not darken its edge.
+    inside = (classes != BACKGROUND).astype(np.float32)
+    smoothed = ndimage.uniform_filter(image * inside, 3) / np.maximum(ndimage.uniform_filter(inside, 3), 1e-6)
+    darker = (classes == GRAY) & (smoothed < threshold)
+    return np.where(darker, CSF, classes).astype(np.uint8)
+
+
+def load_labels(label_paths, labels, image_path, img3, csf="labels"):
+    """The label volume(s) of an image mapped to mriseg's classes on the image's own grid, CSF by data.csf's
+    rule `csf` (CSF_RULES)."""
     label_imgs = [load_volume(p)[1] for p in label_paths]
     for p, lab in zip(label_paths, label_imgs):
         if lab.shape != img3.shape or not np.allclose(lab.affine, img3.affine, atol=1e-3):
@@ -85,7 +173,11 @@ def load_labels(label_paths, labels, image_path, img3):
                               "(shape and affine must be equal)")
     volumes = [np.asanyarray(x.dataobj) for x in label_imgs]
     check_label_values(volumes, labels, label_paths)
-    return map_labels(volumes, labels)
+    classes = map_labels(volumes, labels, img3.header.get_zooms()[:3])
+    try:
+        return apply_csf_rule(classes, np.asanyarray(img3.dataobj) if csf == "intensity" else None, csf)
+    except SourceError as e:
+        raise SourceError(f"{image_path}: {e}") from None
 
 
 def is_label_file(path):

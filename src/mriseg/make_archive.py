@@ -23,7 +23,8 @@ from .volumes import NORMALIZATION, acquisition_axis, pad_slices
 
 
 def subject_slices(image_path, label_paths, labels, axis, pixel_size, min_tissue):
-    images, masks = preprocess_subject(image_path, label_paths, labels, axis, pixel_size)[:2]
+    # The tutorial's slice layout holds three classes: CSF is background there.
+    images, masks = preprocess_subject(image_path, label_paths, labels, axis, pixel_size, csf="none")[:2]
     return [(z, images[z], masks[z]) for z in tissue_slices(masks, min_tissue)]
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import CLASS_NAMES
 from .archive import mask_name, slice_index
 from .errors import DataError, ParamsError
 from .io import atomic_path
@@ -136,7 +137,9 @@ def archive_metadata(root):
     meta = json.loads(path.read_text()) if path.exists() else {}
     return {"axis": meta.get("axis", "axial"), "normalization": meta.get("normalization", NORMALIZATION),
             "pixel_size_mm": meta.get("pixel_size_mm"), "layout": meta.get("layout", "slices"),
-            "grid": meta.get("grid", "inplane")}
+            "grid": meta.get("grid", "inplane"),
+            # a cohort's classes (data.csf); slices and archives made before the CSF class: the first three
+            "classes": meta.get("classes", list(CLASS_NAMES[:3])), "csf": meta.get("csf", "none")}
 
 
 def archive_views(root):

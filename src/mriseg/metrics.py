@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 from . import CLASS_NAMES
 
-NUM_CLASSES = len(CLASS_NAMES)
+NUM_CLASSES = len(CLASS_NAMES)  # confusion matrices are this size whatever a model predicts
 TISSUES = (0, 1)  # white and gray matter; background is not scored
+CSF = 3  # scored where the labels or the prediction hold any (a three-class model on three-class data: not)
 
 
 def tutorial_iou(logits, target):
@@ -36,11 +37,16 @@ def scores(confusion):
     fp = cm.sum(dim=0) - tp
     fn = cm.sum(dim=1) - tp
     out = {}
-    for c in TISSUES:
+    for c in scored_classes(cm):
         denom = tp[c] + fp[c] + fn[c]
         out[f"iou_{CLASS_NAMES[c]}"] = float(tp[c] / denom) if denom > 0 else 1.0
         out[f"dice_{CLASS_NAMES[c]}"] = float(2 * tp[c] / (denom + tp[c])) if denom > 0 else 1.0
     return out
+
+
+def scored_classes(confusion):
+    """White and gray matter, and CSF where the labels or the prediction hold any."""
+    return TISSUES + ((CSF,) if confusion[CSF].sum() + confusion[:, CSF].sum() > 0 else ())
 
 
 def confusion_of(pred, truth):
@@ -54,7 +60,7 @@ def subject_scores(confusion, voxel_ml=None):
     manual; with voxel_ml, both volumes in ml too."""
     cm = confusion.double()
     row = scores(confusion)
-    for c in TISSUES:
+    for c in scored_classes(cm):
         name, predicted, manual = CLASS_NAMES[c], float(cm[:, c].sum()), float(cm[c].sum())
         row[f"volume_error_{name}"] = (predicted - manual) / manual if manual else float("nan")
         if voxel_ml is not None:
@@ -65,6 +71,7 @@ def subject_scores(confusion, voxel_ml=None):
 def summarize(rows, keys=None):
     """{key: {"mean", "sd"}} across subjects (sd with n - 1; 0 for a single subject)."""
     keys = keys or [k for k in rows[0] if k.startswith(("dice_", "iou_", "volume_error_"))]
+    keys = [k for k in keys if all(k in r for r in rows)]  # CSF where every subject was scored for it
     out = {}
     for key in keys:
         values = np.array([r[key] for r in rows], np.float64)
@@ -73,15 +80,15 @@ def summarize(rows, keys=None):
 
 
 def compute_loss(name, logits, target):
-    """logits [N,3,H,W] float32, target [N,H,W] integer labels."""
+    """logits [N,C,H,W] float32 (C = the model's classes, 3 or 4), target [N,H,W] integer labels."""
     if name == "bce":  # the tutorial: independent sigmoids on one-hot masks
-        onehot = F.one_hot(target.long(), NUM_CLASSES).permute(0, 3, 1, 2).to(logits.dtype)
+        onehot = F.one_hot(target.long(), logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
         return F.binary_cross_entropy_with_logits(logits, onehot)
     ce = F.cross_entropy(logits, target.long())
     if name == "ce":
         return ce
     probs = logits.softmax(dim=1)
-    onehot = F.one_hot(target.long(), NUM_CLASSES).permute(0, 3, 1, 2).to(probs.dtype)
+    onehot = F.one_hot(target.long(), logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
     inter = (probs * onehot).sum(dim=(0, 2, 3))
     dice = (2 * inter + 1) / (probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3)) + 1)
     return ce + 1 - dice.mean()

@@ -10,7 +10,7 @@ from . import first_line
 from .errors import MrisegError
 from .params import MODELS
 
-NUM_CLASSES = 3  # 0 = white matter, 1 = gray matter, 2 = background
+NUM_CLASSES = 4  # 0 white matter, 1 gray matter, 2 background, 3 CSF (three: a model without the CSF class)
 
 
 def conv3x3_bn(ci, co):
@@ -125,12 +125,13 @@ class UNetResNet(nn.Module):
         return self.head(self.final_conv(y))
 
 
-def build_model(name, pretrained=False, stem_init="random", in_channels=1, width=16):
-    """in_channels = 2 * train.context + 1: the slice and its neighbours. width: the UNet's (train.width)."""
+def build_model(name, pretrained=False, stem_init="random", in_channels=1, width=16, num_classes=NUM_CLASSES):
+    """in_channels = 2 * train.context + 1: the slice and its neighbours. width: the UNet's (train.width).
+    num_classes: 4 with CSF, 3 without (the tutorial's slices, data.csf: none)."""
     if name == "unet":
-        return UNet(in_channels, width=width)
+        return UNet(in_channels, num_classes, width=width)
     if name == "resnet":
-        return UNetResNet(in_channels, pretrained=pretrained, stem_init=stem_init)
+        return UNetResNet(in_channels, num_classes, pretrained=pretrained, stem_init=stem_init)
     raise ValueError(f"params.yaml: model must be one of {MODELS}, got {name!r}")
 
 
@@ -192,7 +193,7 @@ def build_network(ckpt, path, device="cpu"):
         raise CheckpointError(f"{path}: unknown model {ckpt['model']!r}")
     # Architecture only: the weights come from the checkpoint.
     model = build_model(ckpt["model"], in_channels=2 * int(ckpt.get("context", 0)) + 1,
-                        width=int(ckpt.get("width", 16)))
+                        width=int(ckpt.get("width", 16)), num_classes=len(ckpt.get("classes", range(3))))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
@@ -221,7 +222,7 @@ def load_checkpoint(path, device="cpu"):
     return model, ckpt
 
 
-SHARED_RULES = ("normalization", "pixel_size_mm", "grid")
+SHARED_RULES = ("normalization", "pixel_size_mm", "grid", "classes")
 
 
 def bundle_views(paths, weights, out_path):

@@ -4,13 +4,14 @@ from pathlib import Path
 import yaml
 
 from .errors import ParamsError
-from .labels import SourceError, parse_labels
+from .labels import CSF_RULES, SourceError, parse_labels
 from .volumes import VIEWS
 
 MODELS = ("unet", "resnet")  # models.build_model builds each
 CHOICES = {
     "split.by": ("auto", "subject", "slice"),
     "data.skull_strip": ("auto", "yes", "no"),
+    "data.csf": CSF_RULES,
     "train.device": ("auto", "cpu", "cuda"),
     "train.recipe": ("mriseg", "tutorial"),
     "train.loss": ("bce", "ce", "dice_ce"),

@@ -13,7 +13,7 @@ def channels_last(x):
 
 @torch.no_grad()
 def predict_labels(model, x, device, amp=True, batch_size=32):
-    """images [N,C,H,W] float32 -> labels [N,H,W] uint8 (argmax over the three classes)."""
+    """images [N,C,H,W] float32 -> labels [N,H,W] uint8 (argmax over the classes)."""
     model.eval()
     out = []
     for i in range(0, len(x), batch_size):
@@ -25,14 +25,19 @@ def predict_labels(model, x, device, amp=True, batch_size=32):
 
 @torch.no_grad()
 def predict_probabilities(model, x, device, activation, amp=True, batch_size=32):
-    """images [N,C,H,W] float32 -> class probabilities [N,3,H,W] float32 (their argmax is predict_labels')."""
+    """images [N,C,H,W] float32 -> class probabilities [N,C,H,W] float32 (their argmax is predict_labels')."""
     model.eval()
     out = []
     for i in range(0, len(x), batch_size):
         with autocast(device, amp):
             logits = model(channels_last(x[i:i + batch_size].to(device))).float()
         out.append((logits.sigmoid() if activation == "sigmoid" else logits.softmax(dim=1)).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 3) + tuple(x.shape[2:]), np.float32)
+    return torch.cat(out).numpy() if out else np.zeros((0, model_classes(model)) + tuple(x.shape[2:]), np.float32)
+
+
+def model_classes(model):
+    """The number of classes a network predicts: its last layer's outputs."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1].out_channels
 
 
 def working_grid_axis(ckpt):
@@ -71,13 +76,14 @@ class Predictor:
         self.pixel_size = float(pixel[0]) if pixel else None
         self.grid_axis = working_grid_axis(self.ckpt)
         self.model, self.context = self.views[0].model, self.views[0].context
+        self.classes = len(self.ckpt.get("classes", range(3)))  # 4 with CSF, 3 for models without it
 
     def labels(self, slices):
         """(n, H, W) slices, in order through one volume -> (n, H, W) labels (the first view's network)."""
         return self.probabilities(slices).argmax(axis=1).astype(np.uint8)
 
     def probabilities(self, slices, view=None):
-        """(n, H, W) slices, in order through one volume -> (n, 3, H, W) class probabilities of a view's
+        """(n, H, W) slices, in order through one volume -> (n, C, H, W) class probabilities of a view's
         network (default the first).
 
         A model trained with train.context > 0 gets each slice's neighbours as channels; a lone slice, or
@@ -111,7 +117,7 @@ class Predictor:
         return affine, volume
 
     def view_probabilities(self, volume):
-        """Yield (view, class probabilities (3, X, Y, Z)) of each view on a normalised working volume."""
+        """Yield (view, class probabilities (C, X, Y, Z)) of each view on a normalised working volume."""
         from .volumes import from_slices, to_slices
 
         for view in self.views:
@@ -119,7 +125,7 @@ class Predictor:
             yield view, np.stack([from_slices(probs[:, k], view.axis) for k in range(probs.shape[1])])
 
     def volume_probabilities(self, volume, each=None):
-        """The views' class probabilities (3, X, Y, Z), averaged with their weights; each(view, probs) sees
+        """The views' class probabilities (C, X, Y, Z), averaged with their weights; each(view, probs) sees
         every view's own first (the evaluate stage scores each view alone)."""
         total, weights = None, 0.0
         for view, probs in self.view_probabilities(volume):
@@ -130,7 +136,7 @@ class Predictor:
         return total / weights
 
     def on_input_grid(self, probs, work_affine, reference_img3):
-        """Class probabilities (3, X, Y, Z) on the working grid -> labels on the input's own voxel grid."""
+        """Class probabilities (C, X, Y, Z) on the working grid -> labels on the input's own voxel grid."""
         from .volumes import back_to_grid
 
         if probs.shape[1:] == reference_img3.shape and np.allclose(work_affine, reference_img3.affine):

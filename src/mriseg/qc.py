@@ -16,7 +16,7 @@ PAGE = 40  # rows of one qc.png page (qc.png, qc-2.png, ...)
 
 
 def volume_flags(labels, brain=None, brain_ml=None):
-    """Reasons to look at one volume: labels (0 WM, 1 GM, 2 background) on its grid, brain its mask."""
+    """Reasons to look at one volume: labels (0 WM, 1 GM, 2 background, 3 CSF) on its grid, brain its mask."""
     from scipy import ndimage
 
     flags = []
@@ -109,7 +109,7 @@ def save_pages(rows, thumb_files, out_dir):
     Returns the pages written."""
     from pathlib import Path
 
-    from .reporting import TISSUE_COLOURS, plt, save_figure
+    from .reporting import TISSUE_COLOURS, plt, save_figure, tissue_layer
 
     pages = []
     for start in range(0, len(rows), PAGE):
@@ -119,7 +119,7 @@ def save_pages(rows, thumb_files, out_dir):
             for c, view in enumerate(load_thumbs(thumb_files[start + r])):
                 ax = axes[r, c]
                 ax.imshow(view["image"], cmap="gray")
-                ax.imshow(np.ma.masked_equal(view["labels"], 2), cmap=TISSUE_COLOURS, vmin=0, vmax=1, alpha=0.45,
+                ax.imshow(tissue_layer(view["labels"]), cmap=TISSUE_COLOURS, vmin=0, vmax=3, alpha=0.45,
                           interpolation="nearest")
                 if view["brain"].any():
                     ax.contour(view["brain"], levels=[0.5], colors="yellow", linewidths=0.8)

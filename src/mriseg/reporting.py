@@ -8,10 +8,17 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 
 from .io import atomic_path  # noqa: E402
 
-# Label colours: white matter light, gray matter mid-gray, background black, like a T1 image.
-LABEL_CMAP = ListedColormap(["#f2f2f2", "#8c8c8c", "#000000"])
-# Tissue over a scan: white matter blue, gray matter orange (background left out).
-TISSUE_COLOURS = ListedColormap(["#1f77b4", "#ff7f0e"])
+# Label colours by value (0 WM, 1 GM, 2 background, 3 CSF): white matter light, gray matter mid-gray, CSF dark
+# gray, background black, like a T1 image.
+LABEL_CMAP = ListedColormap(["#f2f2f2", "#8c8c8c", "#000000", "#404040"])
+# Tissue over a scan by value: white matter blue, gray matter orange, CSF green (background, value 2, masked).
+TISSUE_COLOURS = ListedColormap(["#1f77b4", "#ff7f0e", "#000000", "#2ca02c"])
+TISSUE_LEGEND = "white matter blue, gray matter orange, CSF green"
+
+
+def tissue_layer(labels):
+    """Labels as an overlay for imshow(cmap=TISSUE_COLOURS, vmin=0, vmax=3): background masked."""
+    return np.ma.masked_equal(labels, 2)
 
 
 def save_figure(fig, path):
@@ -49,7 +56,7 @@ def plot_predictions(images, masks, preds, names, path):
         wrong = gt != pr
         cells = ((img, "gray", f"{name}"), (gt, LABEL_CMAP, "ground truth"), (pr, LABEL_CMAP, "prediction"))
         for ax, (data, cmap, title) in zip(axes[row], cells):
-            ax.imshow(data, cmap=cmap, vmin=0, vmax=2 if cmap is LABEL_CMAP else None, interpolation="nearest")
+            ax.imshow(data, cmap=cmap, vmin=0, vmax=3 if cmap is LABEL_CMAP else None, interpolation="nearest")
             ax.set_title(title, fontsize=9)
         axes[row, 3].imshow(img, cmap="gray")
         axes[row, 3].imshow(np.ma.masked_where(~wrong, wrong), cmap=ListedColormap(["red"]), alpha=0.8,
@@ -57,19 +64,20 @@ def plot_predictions(images, masks, preds, names, path):
         axes[row, 3].set_title(f"errors ({wrong.mean():.1%} of pixels)", fontsize=9)
         for ax in axes[row]:
             ax.axis("off")
-    fig.suptitle("white matter = light, gray matter = gray, background = black; errors in red", fontsize=10)
+    fig.suptitle("white matter = light, gray matter = mid-gray, CSF = dark gray, background = black; errors in red",
+                 fontsize=10)
     save_figure(fig, path)
 
 
 def plot_overlay(image, labels, path, title=""):
-    """Slices of an input with its predicted tissues overlaid (white matter blue, gray matter orange)."""
+    """Slices of an input with its predicted classes overlaid (TISSUE_LEGEND)."""
     images, labels = (image[None], labels[None]) if image.ndim == 2 else (image, labels)
     n = len(images)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), squeeze=False, layout="constrained")
     for ax, img, lab in zip(axes[0], images, labels):
         ax.imshow(img, cmap="gray")
-        ax.imshow(np.ma.masked_where(lab > 1, lab), cmap=TISSUE_COLOURS, vmin=0, vmax=1, alpha=0.45,
+        ax.imshow(tissue_layer(lab), cmap=TISSUE_COLOURS, vmin=0, vmax=3, alpha=0.45,
                   interpolation="nearest")
         ax.axis("off")
-    fig.suptitle(f"{title}  (white matter blue, gray matter orange)", fontsize=10)
+    fig.suptitle(f"{title}  ({TISSUE_LEGEND})", fontsize=10)
     save_figure(fig, path)

@@ -65,17 +65,18 @@ def volume_header(path):
         return load_volume(path)[1]
 
 
-def working_volumes(image_path, label_paths, labels, axis, pixel_size, brain=None, img3=None):
+def working_volumes(image_path, label_paths, labels, axis, pixel_size, brain=None, img3=None, csf="labels"):
     """An image and its labels on the working grid: (normalised image (X, Y, Z) float32, labels uint8,
     the grid's affine, the labels mapped to the three classes on the image's own grid, the image's own 3-D
     image). RAS+, resampled to pixel_size mm in the plane of `axis` (None: on all three axes), labels per
     class. brain: a brain mask on the image's own grid: the working image is zero outside it and the
     working labels background there, as prediction strips a head; the native labels stay the reference.
-    img3: the image already read (load_volume(image_path)[1]), so that it is read once."""
+    img3: the image already read (load_volume(image_path)[1]), so that it is read once. csf: data.csf's rule
+    (labels.CSF_RULES)."""
     import nibabel as nib
 
     img3 = load_volume(image_path)[1] if img3 is None else img3
-    native = load_labels(label_paths, labels, image_path, img3)
+    native = load_labels(label_paths, labels, image_path, img3, csf)
     working = resample_inplane(img3, axis, pixel_size, order=1)
     mask = resample_labels(nib.Nifti1Image(native, img3.affine), axis, pixel_size)
     image, mask = np.asanyarray(working.dataobj), np.rint(np.asanyarray(mask.dataobj)).astype(np.uint8)
@@ -86,9 +87,10 @@ def working_volumes(image_path, label_paths, labels, axis, pixel_size, brain=Non
     return normalize_volume(image), mask, working.affine, native, img3
 
 
-def preprocess_subject(image_path, label_paths, labels, axis, pixel_size):
+def preprocess_subject(image_path, label_paths, labels, axis, pixel_size, csf="labels"):
     """working_volumes' image and labels cut along axis into (n, H, W) slices."""
-    image, mask, affine, native, img3 = working_volumes(image_path, label_paths, labels, axis, pixel_size)
+    image, mask, affine, native, img3 = working_volumes(image_path, label_paths, labels, axis, pixel_size,
+                                                        csf=csf)
     return to_slices(image, axis), to_slices(mask, axis), affine, native, img3
 
 

@@ -14,20 +14,42 @@ from .parts import input_list_id, merge_parts, part_name
 from .prediction import Predictor
 
 
-# brain_ml: the brain mask's volume (extraction.py says what it holds); the fractions are of it. skull_strip:
+# icv_ml: the intracranial space (extraction.intracranial); the fractions are of it. brain_ml: the brain mask's
+# volume (extraction.py says what it holds). CSF columns stay empty for a model without the CSF class. skull_strip:
 # extracted (here), already extracted (found so by --skull-strip auto) or no. qc: "ok" or the reasons (qc.py).
-VOLUME_COLUMNS = ["file", "subject", "session", "white_matter_voxels", "gray_matter_voxels", "white_matter_ml",
-                  "gray_matter_ml", "gray_white_ratio", "brain_ml", "white_matter_fraction", "gray_matter_fraction",
-                  "skull_strip", "white_matter_mm2", "gray_matter_mm2", "qc"]
+VOLUME_COLUMNS = ["file", "subject", "session", "white_matter_voxels", "gray_matter_voxels", "csf_voxels",
+                  "white_matter_ml", "gray_matter_ml", "csf_ml", "icv_ml", "gray_white_ratio", "white_matter_fraction",
+                  "gray_matter_fraction", "csf_fraction", "brain_ml", "skull_strip", "white_matter_mm2",
+                  "gray_matter_mm2", "qc"]
 
 
-# With --labels: the manual segmentation beside each volume, on the input's own grid.
-REFERENCE_COLUMNS = ["manual_white_matter_ml", "manual_gray_matter_ml", "dice_white_matter", "dice_gray_matter",
-                     "volume_error_white_matter", "volume_error_gray_matter"]
+# With --labels: the manual segmentation beside each volume, on the input's own grid (CSF where it holds any).
+REFERENCE_COLUMNS = ["manual_white_matter_ml", "manual_gray_matter_ml", "manual_csf_ml", "dice_white_matter",
+                     "dice_gray_matter", "dice_csf", "volume_error_white_matter", "volume_error_gray_matter",
+                     "volume_error_csf"]
 
 
 def tissue_counts(labels):
+    """(white matter, gray matter) voxels."""
     return int((labels == 0).sum()), int((labels == 1).sum())
+
+
+def tissue_volumes(labels, brain, img, with_csf):
+    """volumes.csv's volume columns of a segmented volume on its own grid (img: the input's nibabel image)."""
+    from .extraction import intracranial
+
+    voxel_ml = voxel_ml_of(img)
+    wm, gm = tissue_counts(labels)
+    icv_ml = float(intracranial(labels, brain, img.header.get_zooms()[:3]).sum()) * voxel_ml
+    row = {"white_matter_voxels": wm, "gray_matter_voxels": gm, "white_matter_ml": wm * voxel_ml,
+           "gray_matter_ml": gm * voxel_ml, "icv_ml": icv_ml,
+           "white_matter_fraction": wm * voxel_ml / icv_ml, "gray_matter_fraction": gm * voxel_ml / icv_ml}
+    if with_csf:
+        csf = int((labels == 3).sum())
+        row.update({"csf_voxels": csf, "csf_ml": csf * voxel_ml, "csf_fraction": csf * voxel_ml / icv_ml})
+    if brain is not None:
+        row["brain_ml"] = float(brain.sum()) * voxel_ml
+    return row
 
 
 def compare_with_reference(pred, image_path, img3, labels, voxel_ml):
@@ -41,7 +63,7 @@ def compare_with_reference(pred, image_path, img3, labels, voxel_ml):
         return None
     truth = load_labels(refs, labels, image_path, img3).reshape(pred.shape)
     row = subject_scores(confusion_of(pred, truth), voxel_ml)
-    return {k: row[k] for k in REFERENCE_COLUMNS}
+    return {k: row[k] for k in REFERENCE_COLUMNS if k in row}
 
 
 def brain_slices(labels, n=5):
@@ -97,13 +119,7 @@ def segment_volume(predictor, path, out_dir, labels, written, log, extractor=Non
     img, img3 = load_volume(path)
     labels3, brain, stripped, shown, shown_labels = segment_image(predictor, extractor, img3, path, skull_strip)
     voxel_ml = voxel_ml_of(img)
-    wm, gm = tissue_counts(labels3)
-    row = {"white_matter_voxels": wm, "gray_matter_voxels": gm, "white_matter_ml": wm * voxel_ml,
-           "gray_matter_ml": gm * voxel_ml, "skull_strip": stripped}
-    if brain is not None:
-        brain_ml = brain.sum() * voxel_ml
-        row.update({"brain_ml": brain_ml, "white_matter_fraction": wm * voxel_ml / brain_ml,
-                    "gray_matter_fraction": gm * voxel_ml / brain_ml})
+    row = {**tissue_volumes(labels3, brain, img, predictor.classes > 3), "skull_strip": stripped}
     row["qc"] = qc_text(volume_flags(labels3, brain, row.get("brain_ml")))
     if labels is not None:
         reference = compare_with_reference(labels3, path, img3, labels, voxel_ml)
@@ -153,6 +169,8 @@ def segment_slice(predictor, path, out_dir, pixel_size, slice_thickness, written
     plot_overlay(image, pred, written[-1], title=display_name(path))
     wm, gm = tissue_counts(pred)
     row = {"white_matter_voxels": wm, "gray_matter_voxels": gm, "qc": qc_text(volume_flags(pred))}
+    if predictor.classes > 3:
+        row["csf_voxels"] = int((pred == 3).sum())
     if pixel_size:
         area = pixel_size[0] * pixel_size[-1]
         row.update({"white_matter_mm2": wm * area, "gray_matter_mm2": gm * area,

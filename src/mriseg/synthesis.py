@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .augmentation import sample_labels, smooth_field, to_device
 from .volumes import pad_slices
 
-BACKGROUND = 2  # mriseg's classes: 0 white matter, 1 gray matter, 2 background
+BACKGROUND, CSF = 2, 3  # mriseg's classes: 0 white matter, 1 gray matter, 2 background, 3 CSF
 # Generation classes: 0 air, 1-2 white matter, 3-4 gray matter, 5 CSF inside the brain, then the shells.
 SHELLS = {"csf": (0.5, 4), "dura": (0.5, 2), "inner_table": (1, 3), "diploe": (1, 5), "outer_table": (1, 3),
           "muscle": (0, 6), "fat": (1, 8), "skin": (1, 2)}
@@ -167,7 +167,7 @@ def tissue_classes(labels, real, brain):
         where = labels == tissue
         brighter = real > masked_median(real, where)
         classes = torch.where(where, first + brighter.long(), classes)
-    return torch.where(brain & (labels == BACKGROUND), 5, classes)
+    return torch.where(brain & ((labels == BACKGROUND) | (labels == CSF)), 5, classes)
 
 
 def masked_median(x, mask):

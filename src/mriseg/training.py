@@ -168,7 +168,7 @@ def train_epoch(step_model, feed, order, opt, cfg, augment_gen, mirror, device, 
 
 
 def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir=None, eval_batch_size=32,
-          extra=None, data_id="", mirror=True, timing_path=None, artifact=None, atlas=None):
+          extra=None, data_id="", mirror=True, timing_path=None, artifact=None, atlas=None, classes=CLASS_NAMES[:3]):
     """Train `model_name` with the settings `cfg` (params.yaml's `train`, recipe applied: view_settings).
 
     train_set: a Dataset of (image [C,H,W] float32, mask [H,W] uint8), all of one shape (data.SliceDataset).
@@ -179,7 +179,8 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     (axial, coronal), so flips in augmentation and train.flip_tta give plausible brains; off for sagittal.
     artifact: DVCLive's log_artifact arguments (name, desc, labels) for the checkpoint, when live_dir is set.
     atlas: (labels, images) of extra anatomy that train.synth_atlas draws synthetic samples from
-    (synthesis.atlas_slices, in train_set's frame).
+    (synthesis.atlas_slices, in train_set's frame). classes: the names of the classes the labels hold
+    (archive_metadata's: four with CSF, the first three without), one output of the network each.
     Wall-clock times go to timing_path (TSV: epoch, seconds, images_per_s) and nowhere else, so that a
     retrain with the same seed writes the same checkpoint and curves, byte for byte.
 
@@ -221,7 +222,7 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
         atlas = None
     feeds = make_feeds(cfg, train_set, eval_sets, device, world, eval_batch_size, channels_last)
     model = build_model(model_name, pretrained=cfg["pretrained"], stem_init=cfg.get("stem_init", "random"),
-                        in_channels=channels, width=cfg.get("width", 16))
+                        in_channels=channels, width=cfg.get("width", 16), num_classes=len(classes))
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     epochs = cfg["epochs"]
@@ -283,7 +284,7 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     if lead:
         state_dict = best["state_dict"] if best["state_dict"] is not None else model.state_dict()
         ckpt = {"format": 1, "model": model_name, "state_dict": {k: v.cpu() for k, v in state_dict.items()},
-                "classes": list(CLASS_NAMES), "activation": activation, "loss": loss_name, "context": context,
+                "classes": list(classes), "activation": activation, "loss": loss_name, "context": context,
                 "width": cfg.get("width", 16), "flip_tta": flip_tta,
                 "best_epoch": best["epoch"] or epochs, "history": history, "train": cfg,
                 "trained_on": describe_device(device), **(extra or {})}

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import first_line
+from . import CLASS_NAMES, first_line
 from .errors import MrisegError
 
 # The rule recorded in every archive and checkpoint: each volume on its own, robust percentiles of
@@ -196,7 +196,7 @@ def most_likely(class_maps, affine, resample, background=2):
     return np.argmax(np.stack([np.asanyarray(o.dataobj) for o in out]), axis=0).astype(np.uint8), out[0].affine
 
 
-def resample_labels(labels_img, axis="axial", pixel_size=None, n_classes=3, background=2):
+def resample_labels(labels_img, axis="axial", pixel_size=None, n_classes=len(CLASS_NAMES), background=2):
     """A label volume on the grid resample_inplane gives its image (see most_likely)."""
     import nibabel as nib
     from nibabel.processing import resample_to_output
@@ -218,3 +218,24 @@ def back_to_grid(probabilities, work_affine, reference_img3, background=2):
 
     return most_likely(probabilities, work_affine,
                        lambda img, cval: resample_from_to(img, reference_img3, order=1, cval=cval), background)[0]
+
+
+def filled_closing(mask, radius_mm, zooms):
+    """A 3-D mask closed by a ball of radius_mm (voxel sizes zooms, mm), then its holes filled: the outline
+    of a brain with its sulci and ventricles inside. Distance transforms in mm on the mask's box (fast on
+    256^3 heads)."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, bool)
+    out = np.zeros_like(mask)
+    where = np.nonzero(mask)
+    if not where[0].size:
+        return out
+    reach = [int(np.ceil(radius_mm / float(z))) + 1 for z in zooms]
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in where)
+    part = np.pad(mask[box], [(r, r) for r in reach])  # closing reaches past the faces of the box
+    grown = ndimage.distance_transform_edt(~part, sampling=zooms) <= radius_mm
+    closed = ndimage.distance_transform_edt(grown, sampling=zooms) > radius_mm
+    closed = ndimage.binary_fill_holes(closed | part)[tuple(slice(r, -r) for r in reach)]
+    out[box] = closed
+    return out

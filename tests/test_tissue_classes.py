@@ -1,0 +1,98 @@
+"""The CSF class: label presets' CSF, data.csf's rules, the intracranial volume, simulated atrophy."""
+import numpy as np
+import pytest
+
+from conftest import SHARED_IBSR, synthetic_volume
+from mriseg.atrophy import outer_cortex, thin_cortex, upper_left_quarter
+from mriseg.extraction import intracranial
+from mriseg.labels import SourceError, apply_csf_rule, map_labels, parse_labels, remake_csf
+
+
+def test_presets_map_each_sources_csf_to_the_csf_class():
+    assert map_labels([np.array([0, 1, 2, 3])], "ibsr").tolist() == [2, 3, 1, 0]
+    aseg = np.zeros((25, 25, 25), np.int32)
+    aseg[3:22, 3:22, 3:22] = 3  # cortex
+    aseg[8:17, 8:17, 8:17] = 2  # white matter
+    aseg[12, 12, 12] = 4  # a ventricle voxel
+    aseg[3:22, 12, 3:7] = 0  # a sulcus one voxel wide and four deep: unlabelled, within the labelled brain
+    out = map_labels([aseg], "freesurfer-aseg")
+    assert out[12, 12, 12] == 3 and (out[5:20, 12, 4:7] == 3).all()  # ventricle and sulcal CSF
+    assert out[0, 0, 0] == 2 and out[12, 12, 1] == 2  # outside the brain: background
+    assert (out == 0).sum() == 9 ** 3 - 1 and (out == 1).sum() == (aseg == 3).sum()
+    for ventricle in (4, 5, 14, 15, 24, 43, 44, 72):
+        assert map_labels([np.array([[[ventricle]]])], "freesurfer-aseg").item() == 3
+    pve = [np.array([0.7, 0.2, 0.1, 0.0]), np.array([0.2, 0.7, 0.1, 0.0]), np.array([0.1, 0.1, 0.8, 0.0])]
+    assert map_labels(pve, "fsl-fast").tolist() == [3, 1, 0, 2]
+    assert parse_labels("1:3,2:1,3:0") == {1: 3, 2: 1, 3: 0}
+    with pytest.raises(SourceError, match="3 \\(CSF\\)"):
+        parse_labels("1:4")
+
+
+def test_csf_rules_none_labels_and_intensity():
+    rng = np.random.default_rng(0)
+    image, ibsr, _ = synthetic_volume(rng)
+    classes = map_labels([ibsr], "ibsr")
+    assert set(np.unique(apply_csf_rule(classes, None, "none"))) == {0, 1, 2}
+    assert np.array_equal(apply_csf_rule(classes, None, "labels"), classes)
+    with pytest.raises(SourceError, match="data.csf 'bogus'"):
+        apply_csf_rule(classes, image, "bogus")
+    # Gray matter as dark as CSF (a widened sulcus the tracers called gray matter) becomes CSF; nothing else moves.
+    dark = (classes == 1) & (np.arange(image.shape[0])[:, None, None] < 12)
+    image = np.where(dark, 40, image).astype(np.int16)
+    remade = remake_csf(classes, image)
+    assert np.array_equal(remade == 0, classes == 0)  # white matter never moves
+    assert np.array_equal(remade == 2, classes == 2)
+    assert ((remade == 3) & (classes == 1)).sum() >= 0.95 * dark.sum()  # the dark gray matter is CSF now
+    assert ((remade == 3) & (classes == 1) & ~dark).sum() <= 0.01 * (classes == 1).sum()  # the bright stays
+    with pytest.raises(SourceError, match="not darker than gray matter"):
+        remake_csf(classes, np.where(classes == 3, 250, image))
+
+
+@pytest.mark.skipif(not SHARED_IBSR.is_dir(), reason=f"needs the IBSR volumes at {SHARED_IBSR}")
+def test_remade_ibsr_labels_move_gray_matter_only():
+    from mriseg.labels import load_labels
+    from mriseg.volumes import load_volume
+
+    image = SHARED_IBSR / "IBSR_07.nii.gz"
+    img3 = load_volume(image)[1]
+    seg = [SHARED_IBSR / "IBSR_07_seg.nii.gz"]
+    traced, remade = (load_labels(seg, "ibsr", image, img3, rule) for rule in ("labels", "intensity"))
+    assert np.array_equal(traced == 0, remade == 0) and np.array_equal(traced == 2, remade == 2)
+    moved = traced != remade
+    assert (traced[moved] == 1).all() and (remade[moved] == 3).all()
+    # IBSR's sulcal CSF: a twentieth or more of its gray matter, yet most gray matter stays
+    assert 0.05 < moved.sum() / (traced == 1).sum() < 0.4
+
+
+def test_intracranial_volume_of_a_synthetic_head_of_known_volume():
+    zooms = (0.9, 1.0, 1.2)
+    shape = (90, 80, 70)
+    mm = np.stack(np.meshgrid(*[(np.arange(n) - n / 2) * z for n, z in zip(shape, zooms)], indexing="ij"))
+    r = np.sqrt((mm ** 2).sum(0))
+    labels = np.full(shape, 2, np.uint8)
+    labels[r < 35] = 3  # CSF to the inner table
+    labels[r < 32] = 1
+    labels[r < 22] = 0
+    sulcus = (np.abs(mm[0]) < 1.5) & (r > 26)  # a sulcus the model called background, open to the outside
+    labels[sulcus & (r < 35)] = 2
+    voxel_ml = np.prod(zooms) / 1000
+    icv = intracranial(labels, None, zooms).sum() * voxel_ml
+    assert icv == pytest.approx(4 / 3 * np.pi * 35 ** 3 / 1000, rel=0.02)
+    brain = r < 36  # a brain mask beyond the segmented CSF counts too
+    assert intracranial(labels, brain, zooms).sum() * voxel_ml == pytest.approx(4 / 3 * np.pi * 36 ** 3 / 1000, rel=0.02)
+
+
+def test_thin_cortex_replaces_the_outer_cortex_with_csf_intensities():
+    rng = np.random.default_rng(1)
+    image, ibsr, affine = synthetic_volume(rng)
+    labels = map_labels([ibsr], "ibsr")
+    atrophied, new_labels, lost = thin_cortex(image, labels, seed=3)
+    assert lost.sum() and (labels[lost] == 1).all() and (new_labels[lost] == 3).all()
+    assert np.array_equal(atrophied[~lost], image[~lost])  # nothing else changes
+    assert np.median(atrophied[lost]) < 0.5 * np.median(image[lost])  # as dark as the scan's CSF
+    assert np.array_equal(new_labels[~lost], labels[~lost])
+    two = outer_cortex(labels, 2)
+    assert (two & lost).sum() == lost.sum() and two.sum() > lost.sum()  # the second layer lies under the first
+    region = upper_left_quarter(labels, affine)
+    regional = thin_cortex(image, labels, region)[2]
+    assert 0.1 * lost.sum() < regional.sum() < 0.5 * lost.sum() and not (regional & ~region).any()

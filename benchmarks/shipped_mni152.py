@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mriseg.devices import cpu_name  # noqa: E402
-from train_throughput import commit  # noqa: E402
+from train_throughput import commit, publish  # noqa: E402
 
 
 def template():
@@ -35,6 +35,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(SHIPPED_MODEL))
     p.add_argument("--save-input", help="also write the skull-stripped template it segments (the README's example)")
+    p.add_argument("--out", help="also write the table here (markdown)")
     args = p.parse_args()
     img3, truth = template()
     affine = img3.affine
@@ -46,8 +47,9 @@ def main():
     aggregate = predictor.volume_probabilities(volume, each=lambda view, probs: alone.setdefault(view.name, probs))
     lines = ["# The shipped model on the skull-stripped MNI152 2009 template", "",
              f"Machine: {cpu_name()}, torch {torch.__version__}. Commit {commit()}. Model: {args.model}.", "",
-             "| views | Dice white matter | Dice gray matter | volume error white matter | volume error gray matter |",
-             "|---|---|---|---|---|"]
+             "Reference: each voxel's most probable class of nilearn's maps; CSF: neither tissue, inside the brain mask.",
+             "", "| views | Dice white matter | Dice gray matter | Dice CSF | volume error white matter | "
+             "volume error gray matter | volume error CSF |", "|---|---|---|---|---|---|---|"]
     labels = {name: predictor.on_input_grid(probs, work_affine, img3)
               for name, probs in [*alone.items(), ("aggregate", aggregate)]}
     # Where an average brain's tissue maps and IBSR's manual labels define tissue differently: the deep
@@ -64,9 +66,10 @@ def main():
     rows += [(name, labels["aggregate"][inside], truth[inside]) for name, inside in regions.items()]
     for name, pred, true in rows:
         s = subject_scores(confusion_of(pred, true))
-        lines.append(f"| {name} | {s['dice_white_matter']:.3f} | {s['dice_gray_matter']:.3f} | "
-                     f"{s['volume_error_white_matter']:+.1%} | {s['volume_error_gray_matter']:+.1%} |")
-    print("\n".join(lines))
+        csf = (s.get("dice_csf", float("nan")), s.get("volume_error_csf", float("nan")))
+        lines.append(f"| {name} | {s['dice_white_matter']:.3f} | {s['dice_gray_matter']:.3f} | {csf[0]:.3f} | "
+                     f"{s['volume_error_white_matter']:+.1%} | {s['volume_error_gray_matter']:+.1%} | {csf[1]:+.1%} |")
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,9 @@ def test_a_head_gets_a_brain_mask_a_brain_volume_and_no_tissue_outside_the_brain
     row = pd.read_csv(tmp_path / "volumes.csv").iloc[0]
     assert row["skull_strip"] == "extracted" and row["qc"] == "ok"
     assert 1000 < row["brain_ml"] < 1800
-    assert row["gray_matter_fraction"] == pytest.approx(row["gray_matter_ml"] / row["brain_ml"])
+    assert row["gray_matter_fraction"] == pytest.approx(row["gray_matter_ml"] / row["icv_ml"])
+    tissue_and_csf = row["white_matter_ml"] + row["gray_matter_ml"] + row["csf_ml"]
+    assert row["csf_ml"] > 50 and tissue_and_csf <= row["icv_ml"] < 2000  # FreeSurfer's brain and CSF: 1403 ml
     image, mask_img, brain_img = (nib.load(p) for p in (head, tmp_path / "T1_mask.nii.gz",
                                                          tmp_path / "T1_brainmask.nii.gz"))
     for out in (mask_img, brain_img):

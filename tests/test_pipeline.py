@@ -72,6 +72,7 @@ def test_repro_writes_metrics_and_reports(project):
     for key in ("iou", "iou_white_matter", "iou_gray_matter", "dice_white_matter", "dice_gray_matter", "loss"):
         assert 0 <= metrics[key] <= (1 if key != "loss" else 10), key
     assert metrics["test_slices"] == 6
+    assert "dice_csf" not in metrics  # the tutorial's slice layout: three classes, no CSF to score
     for png in ("curves.png", "predictions.png"):
         assert (project / "reports" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = pd.read_csv(project / "data" / "manifest.csv")
@@ -215,6 +216,7 @@ def test_cohort_of_volumes_trains_and_is_scored_per_subject_in_3d(cohort_project
     project, _ = cohort_project
     meta = json.loads((project / "data" / "MRIs" / "mriseg.json").read_text())
     assert meta["layout"] == "volumes" and sorted(meta["subjects"]) == [f"s{i:02d}" for i in range(5)]
+    assert meta["classes"] == ["white_matter", "gray_matter", "background", "csf"] and meta["csf"] == "intensity"
     manifest = pd.read_csv(project / "data" / "manifest.csv")
     assert (manifest.groupby("subject")["split"].nunique() == 1).all()  # no subject on two sides
     table = pd.read_csv(project / "reports" / "subjects.csv")
@@ -222,7 +224,7 @@ def test_cohort_of_volumes_trains_and_is_scored_per_subject_in_3d(cohort_project
     assert sorted(subjects["subject"]) == sorted(set(manifest.loc[manifest["split"] == "test", "subject"]))
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     assert metrics["test_subjects"] == 2
-    for key in ("dice_white_matter", "dice_gray_matter", "volume_error_white_matter"):
+    for key in ("dice_white_matter", "dice_gray_matter", "volume_error_white_matter", "dice_csf"):
         assert metrics[key] == metrics["per_subject"][key]["mean"] == pytest.approx(subjects[key].mean(), abs=1e-5)
         assert metrics["per_subject"][key]["sd"] == pytest.approx(subjects[key].std(), abs=1e-5)
     # Each view alone is scored too, so that `dvc metrics` shows what the aggregate gains.

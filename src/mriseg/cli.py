@@ -143,7 +143,7 @@ def main(argv=None):
     m.add_argument("src", help="folder of <subject>.nii.gz + <subject>_seg.nii.gz, or FreeSurfer subject folders")
     m.add_argument("--out", required=True, help="the zip to write")
     m.add_argument("--labels", default="ibsr",
-                   help="ibsr | freesurfer-aseg | fsl-fast | an explicit map like '3:0,2:1' (0 WM, 1 GM, rest background)")
+                   help="ibsr | freesurfer-aseg | fsl-fast | an explicit map like '3:0,2:1' (0 WM, 1 GM, the rest, CSF too, background)")
     m.add_argument("--axis", choices=["auto", "axial", "coronal", "sagittal"],
                    help="slicing plane; auto (default): across the thickest voxels (the acquisition plane), "
                    "axial if isotropic")

@@ -105,13 +105,14 @@ def fill_sulci(classes, unlabelled, zooms):
     return np.where(unlabelled & brain, CSF, classes).astype(np.uint8)
 
 
-def apply_csf_rule(classes, image, rule):
-    """data.csf on mapped labels (CSF_RULES): image is the scan on the labels' grid (intensity only)."""
+def apply_csf_rule(classes, image, rule, zooms=(1.0, 1.0, 1.0)):
+    """data.csf on mapped labels (CSF_RULES): image is the scan on the labels' grid (intensity only), zooms
+    its voxel sizes in mm."""
     if rule not in CSF_RULES:
         raise SourceError(f"data.csf {rule!r}: use one of {', '.join(CSF_RULES)}")
     if rule == "none":
         return np.where(classes == CSF, BACKGROUND, classes).astype(np.uint8)
-    return remake_csf(classes, image) if rule == "intensity" else classes
+    return remake_csf(classes, image, zooms) if rule == "intensity" else classes
 
 
 def pure(mask, iterations=1, least=100):
@@ -137,12 +138,14 @@ def csf_thresholds(classes, image):
     return float(np.median(image[core])), float(np.median(image[inner_gray]))
 
 
-def remake_csf(classes, image):
-    """Gray matter made of more CSF than cortex becomes CSF: a voxel of the labels' gray matter whose intensity
-    (mean of its labelled 3x3x3 neighbourhood, against noise) lies below halfway between pure CSF and pure gray matter (csf_thresholds),
-    i.e. a linear partial-volume fraction of CSF above 1/2, the rule FSL FAST's and SPM's mixtures draw at.
-    White matter, background and the labels' own CSF never change. IBSR's tracers counted sulcal CSF as gray
-    matter: this gives it back. SourceError where the scan's CSF is not darker than its gray matter (not a T1)."""
+def remake_csf(classes, image, zooms=(1.0, 1.0, 1.0)):
+    """CSF given back where the labels called it something else: a voxel of the labels' gray matter, or an
+    unlabelled voxel of the image inside the labelled brain's outline (a SULCUS_MM closing: the sulcal and
+    outer CSF that IBSR's tracers left at 0 inside the skull-strip), whose intensity (the mean of its non-zero
+    3x3x3 neighbourhood, against noise) lies below halfway between pure CSF and pure gray matter
+    (csf_thresholds), i.e. a linear partial-volume fraction of CSF above 1/2, the border FSL FAST's and SPM's
+    mixtures draw. White matter and the labels' own CSF never change. SourceError where the scan's CSF is not
+    darker than its gray matter (not a T1)."""
     from scipy import ndimage
 
     image = np.asarray(image, np.float32)
@@ -154,13 +157,12 @@ def remake_csf(classes, image):
     if csf >= gray:
         raise SourceError(f"data.csf intensity: CSF ({csf:g}) is not darker than gray matter ({gray:g}): "
                           "a T1-weighted scan is needed; use data.csf: labels")
-    threshold = (csf + gray) / 2
-    # The mean of each voxel's labelled 3x3x3 neighbours, against noise: the zeros around a stripped brain
-    # are not counted, so they do not darken its edge.
-    inside = (classes != BACKGROUND).astype(np.float32)
-    smoothed = ndimage.uniform_filter(image * inside, 3) / np.maximum(ndimage.uniform_filter(inside, 3), 1e-6)
-    darker = (classes == GRAY) & (smoothed < threshold)
-    return np.where(darker, CSF, classes).astype(np.uint8)
+    # The zeros around a stripped brain are not counted, so they do not darken its edge.
+    scanned = (image > 0).astype(np.float32)
+    smoothed = ndimage.uniform_filter(image * scanned, 3) / np.maximum(ndimage.uniform_filter(scanned, 3), 1e-6)
+    darker = smoothed < (csf + gray) / 2
+    unlabelled = (classes == BACKGROUND) & (image > 0) & filled_closing(classes != BACKGROUND, SULCUS_MM, zooms)
+    return np.where(darker & ((classes == GRAY) | unlabelled), CSF, classes).astype(np.uint8)
 
 
 def load_labels(label_paths, labels, image_path, img3, csf="labels"):
@@ -173,9 +175,10 @@ def load_labels(label_paths, labels, image_path, img3, csf="labels"):
                               "(shape and affine must be equal)")
     volumes = [np.asanyarray(x.dataobj) for x in label_imgs]
     check_label_values(volumes, labels, label_paths)
-    classes = map_labels(volumes, labels, img3.header.get_zooms()[:3])
+    zooms = img3.header.get_zooms()[:3]
+    classes = map_labels(volumes, labels, zooms)
     try:
-        return apply_csf_rule(classes, np.asanyarray(img3.dataobj) if csf == "intensity" else None, csf)
+        return apply_csf_rule(classes, np.asanyarray(img3.dataobj) if csf == "intensity" else None, csf, zooms)
     except SourceError as e:
         raise SourceError(f"{image_path}: {e}") from None
 

@@ -135,7 +135,7 @@ def test_dvc_yaml_declares_the_model_artifact_and_its_plots(tmp_path):
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     assert model.path in stages["stages"]["bundle"]["outs"], "the artifact is the bundle stage's output"
     titles = [next(iter(p)) for p in stages["plots"]]
-    assert titles == ["Loss", "IoU", "Dice white matter", "Dice gray matter"]
+    assert titles == ["Loss", "IoU", "Dice white matter", "Dice gray matter", "Dice CSF"]
 
 
 @pytest.mark.slow

@@ -164,7 +164,8 @@ def test_the_pipeline_strips_a_training_head_once_and_keeps_its_mask(tmp_path):
     assert 1000 < (image > 0).sum() / 1000 < 1900 and (image[labels < 2] > 0).mean() > 0.99
     record = json.loads((tmp_path / "MRIs" / "mriseg.json").read_text())["subjects"]["swm01"]
     assert record["skull_strip"] == "extracted"
-    reference = load_labels([HEADS / "swm-01" / "aparc.DKTatlas+aseg.nii.gz"], "freesurfer-aseg", "swm-01", head)
+    reference = load_labels([HEADS / "swm-01" / "aparc.DKTatlas+aseg.nii.gz"], "freesurfer-aseg", "swm-01", head,
+                            "intensity")  # data.csf's default
     assert np.array_equal(np.load(volumes / "swm01.native.npy"), reference)
 
 

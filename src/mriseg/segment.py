@@ -52,16 +52,16 @@ def tissue_volumes(labels, brain, img, with_csf):
     return row
 
 
-def compare_with_reference(pred, image_path, img3, labels, voxel_ml):
+def compare_with_reference(pred, image_path, img3, labels, voxel_ml, csf):
     """Manual volumes (ml), Dice and volume error of the prediction against the label volume(s) beside the
-    image: the evaluate stage's per-subject scores."""
+    image, their CSF drawn by the model's data.csf rule `csf`: the evaluate stage's per-subject scores."""
     from .labels import label_paths_of, load_labels
     from .metrics import confusion_of, subject_scores
 
     refs = label_paths_of(image_path, labels)
     if not refs:
         return None
-    truth = load_labels(refs, labels, image_path, img3).reshape(pred.shape)
+    truth = load_labels(refs, labels, image_path, img3, csf).reshape(pred.shape)
     row = subject_scores(confusion_of(pred, truth), voxel_ml)
     return {k: row[k] for k in REFERENCE_COLUMNS if k in row}
 
@@ -122,7 +122,8 @@ def segment_volume(predictor, path, out_dir, labels, written, log, extractor=Non
     row = {**tissue_volumes(labels3, brain, img, predictor.classes > 3), "skull_strip": stripped}
     row["qc"] = qc_text(volume_flags(labels3, brain, row.get("brain_ml")))
     if labels is not None:
-        reference = compare_with_reference(labels3, path, img3, labels, voxel_ml)
+        csf = predictor.ckpt.get("csf", "none")  # scored in the convention the model learnt
+        reference = compare_with_reference(labels3, path, img3, labels, voxel_ml, csf)
         if reference is None:
             log(f"predict: note: {path}: no manual labels beside it to score against")
         row.update(reference or {})

@@ -218,6 +218,9 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
                                 f"frame {tuple(train_set[0][1].shape)} (synthesis.atlas_slices), got "
                                 f"{None if atlas is None else tuple(atlas[0].shape[1:])}")
         atlas = tuple(t.to(device) for t in atlas)
+        if len(classes) < len(CLASS_NAMES):  # a model without CSF: the atlas's CSF is background, as in its data
+            atlas = (torch.where(atlas[0] == CLASS_NAMES.index("csf"), CLASS_NAMES.index("background"), atlas[0]),
+                     atlas[1])
     else:
         atlas = None
     feeds = make_feeds(cfg, train_set, eval_sets, device, world, eval_batch_size, channels_last)

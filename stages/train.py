@@ -69,7 +69,7 @@ def main(view):
     train(cfg, params["model"], data["train"], {"val": data["val"], "test": data["test"]},
           f"models/views/{view}.pt", f"models/resume/{view}.pt", live_dir=f"reports/train/{view}",
           eval_batch_size=cfg["eval_batch_size"], data_id=data_id("data/manifest.csv", "data/MRIs"),
-          extra={"axis": view, **{k: meta[k] for k in ("normalization", "pixel_size_mm", "grid", "csf")}},
+          extra={"axis": view, **{k: meta[k] for k in ("normalization", "pixel_size_mm", "grid", "csf", "skull_strip")}},
           mirror=view in LEFT_RIGHT_VIEWS, timing_path=f"logs/train/{view}.tsv",
           artifact={"name": f"tissue-segmenter-{view}", "labels": [params["model"], view, "2.5d"],
                     "desc": f"the {view} view of the tissue-segmenter artifact (dvc.yaml)"}, atlas=atlas,

@@ -58,6 +58,33 @@ def test_flags_say_what_to_look_at():
     assert cohort_flags(ratios[:4]) == [""] * 4, "fewer than 5 volumes: no cohort to judge against"
 
 
+class TightExtractor:
+    """An extractor whose outline lies two voxels inside the input's brain (deepbet's is often tighter or looser
+    than the tool that stripped a brain before)."""
+
+    def mask(self, img3, path):
+        from scipy import ndimage
+
+        return ndimage.binary_erosion(np.asanyarray(img3.dataobj) != 0, iterations=2)
+
+
+def test_an_input_extracted_before_keeps_its_own_brain_for_brain_ml_and_icv():
+    from mriseg.extraction import find_brain
+    from mriseg.segment import tissue_volumes
+
+    image = np.zeros((30, 30, 30), np.float32)
+    image[5:25, 5:25, 5:25] = 100.0
+    image[14, 14, 14] = 0.0  # a dark voxel inside the brain belongs to it
+    img3 = nib.Nifti1Image(image, np.diag([1.2, 1.2, 1.2, 1.0]))
+    brain, decided = find_brain(TightExtractor(), img3, "stripped.nii.gz", "auto")
+    assert decided == "already extracted"
+    assert brain.sum() == 20**3, "the input's own extent, its hole filled, not the extractor's outline"
+    labels = np.where(image != 0, 1, 2).astype(np.uint8)  # every voxel of the given brain segmented as tissue
+    row = tissue_volumes(labels, brain, img3, with_csf=True)
+    assert row["brain_ml"] == pytest.approx(20**3 * 1.2**3 / 1000)
+    assert row["gray_matter_ml"] <= row["brain_ml"] and row["icv_ml"] == pytest.approx(row["brain_ml"])
+
+
 def test_an_image_without_a_brain_keeps_a_marked_row_and_the_others_go_on(checkpoint, tmp_path):
     from conftest import synthetic_volume
 
@@ -167,6 +194,29 @@ def test_the_pipeline_strips_a_training_head_once_and_keeps_its_mask(tmp_path):
     reference = load_labels([HEADS / "swm-01" / "aparc.DKTatlas+aseg.nii.gz"], "freesurfer-aseg", "swm-01", head,
                             "intensity")  # data.csf's default
     assert np.array_equal(np.load(volumes / "swm01.native.npy"), reference)
+
+
+@needs_heads
+@pytest.mark.slow  # two preparations and scorings of a 256^3 head, one with the extractor: about 40 s
+def test_evaluate_extracts_a_heads_brain_as_predict_does_and_says_so(checkpoint, tmp_path):
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "heads.zip", "w") as zf:
+        zf.write(HEADS / "swm-01" / "T1.nii.gz", "swm01.nii.gz")
+        zf.write(HEADS / "swm-01" / "aparc.DKTatlas+aseg.nii.gz", "swm01_seg.nii.gz")
+    tissue = {}
+    for mode, said in (("auto", "1 subject(s) brain extracted before scoring (a head): swm01"),
+                       ("no", "1 subject(s) scored as it is (--skull-strip no): swm01")):
+        args = ("--skull-strip", mode) if mode != "auto" else ()  # auto: the default, as predict's
+        r = mriseg("evaluate", tmp_path / "heads.zip", "--labels", "freesurfer-aseg", "--model", checkpoint,
+                   "--out", tmp_path / f"{mode}.json", *args)
+        assert r.returncode == 0, r.stderr
+        assert f"evaluate: {tmp_path / 'heads.zip'}: {said}" in r.stderr.splitlines()
+        subject = json.loads((tmp_path / f"{mode}.json").read_text())["subjects"]["swm01"]
+        assert subject["skull_strip"] == ("extracted" if mode == "auto" else "no")
+        tissue[mode] = subject["white_matter_ml"] + subject["gray_matter_ml"]
+    assert tissue["auto"] < 1800 < tissue["no"], "scalp, skull and neck scored as tissue without extraction"
 
 
 def test_a_training_volume_without_a_brain_stops_unzip_in_one_line(tmp_path):

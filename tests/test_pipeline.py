@@ -10,6 +10,7 @@ import zipfile
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from conftest import ROOT, cohort_zip, make_project, make_tiny_archive, run, set_params
@@ -217,6 +218,9 @@ def test_cohort_of_volumes_trains_and_is_scored_per_subject_in_3d(cohort_project
     meta = json.loads((project / "data" / "MRIs" / "mriseg.json").read_text())
     assert meta["layout"] == "volumes" and sorted(meta["subjects"]) == [f"s{i:02d}" for i in range(5)]
     assert meta["classes"] == ["white_matter", "gray_matter", "background", "csf"] and meta["csf"] == "intensity"
+    bundle = torch.load(project / "models" / "model.pt", weights_only=True)
+    assert {(v["csf"], v["skull_strip"]) for v in bundle["views"].values()} == {("intensity", "no")}, \
+        "each checkpoint records how its training brains were made"
     manifest = pd.read_csv(project / "data" / "manifest.csv")
     assert (manifest.groupby("subject")["split"].nunique() == 1).all()  # no subject on two sides
     table = pd.read_csv(project / "reports" / "subjects.csv")

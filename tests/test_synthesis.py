@@ -207,6 +207,8 @@ def test_synthetic_training_reads_every_channels_labels_and_repeats_with_its_see
                                     tmp_path / f"{k}.r.pt", extra={"axis": "axial"}, atlas=a)["history"]
                               for k, a in (("e", atlas), ("f", blank)))
     assert with_atlas != with_blank and np.isfinite(with_atlas[-1]["train_loss"])
+    # Synthesis reads every channel's labels from its own copy: the caller's dataset is left as it was.
+    assert not train_set.label_context and train_set[0][1].shape == train_set.frame
     with pytest.raises(SettingsError, match=r"train.synth_atlas=1.0 needs the atlas's slices in the training frame"):
         train({**cfg, "synth_atlas": 1.0}, "unet", train_set, {}, tmp_path / "g.pt", tmp_path / "g.r.pt")
     with pytest.raises(SettingsError, match="train.synth=0.5 needs the labels of every input channel"):

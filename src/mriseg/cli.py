@@ -70,7 +70,7 @@ def evaluate_command(args):
 
     log = lambda m: print(m, file=sys.stderr)
     result = evaluate_archive(args.model, args.archive, device=args.device, batch_size=args.batch_size,
-                              labels=args.labels, log=log)
+                              labels=args.labels, skull_strip=args.skull_strip, log=log)
     print(format_table(result))
     if args.out:
         try:
@@ -133,6 +133,9 @@ def main(argv=None):
                    "tutorial's layout, such as one made by make-archive")
     e.add_argument("--labels", default="ibsr", help="label preset or map of a zip of volumes (as data.labels)")
     e.add_argument("--model", default="models/model.pt", help="checkpoint written by the train stage")
+    e.add_argument("--skull-strip", choices=["auto", "yes", "no"], default="auto",
+                   help="for a zip of volumes, extract each head's brain before scoring, as predict does: auto "
+                   "(default) for each volume not extracted already; says which, and records it per subject")
     e.add_argument("--out", help="also write the scores to this JSON file")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--batch-size", type=positive_int, default=32,

@@ -144,7 +144,7 @@ def _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb, skull_s
                 "grid": "isotropic" if pixel_size else "voxels",  # data.pixel_size 0 keeps each subject's voxels
                 "pixel_size_mm": [pixel_size, pixel_size] if pixel_size else None,
                 "labels": labels if isinstance(labels, str) else {str(k): v for k, v in labels.items()},
-                "min_tissue": min_tissue, "csf": csf,
+                "min_tissue": min_tissue, "csf": csf, "skull_strip": skull_strip,
                 "classes": list(CLASS_NAMES if csf != "none" else CLASS_NAMES[:3]), "subjects": records}
     (out / "mriseg.json").write_text(json.dumps(metadata, indent=1, sort_keys=True) + "\n")
     write_hashes(out, hashes)

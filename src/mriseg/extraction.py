@@ -89,12 +89,17 @@ def share_outside(image, brain):
 def find_brain(extractor, img3, path, skull_strip):
     """(the brain mask on the input's grid or None, the skull_strip column): "no" without an extractor,
     "already extracted" where auto finds the input stripped before, else "extracted". NoBrainError where
-    the extracted brain is smaller than half an adult's."""
+    the extracted brain is smaller than half an adult's. An input extracted before keeps its own brain: its
+    mask is the input's non-zero voxels with their holes filled, the extent its tissue is segmented in, so that
+    brain_ml and the intracranial volume measure what the labels come from (not this extractor's outline)."""
     if extractor is None:
         return None, "no"
+    image = np.asanyarray(img3.dataobj)
     brain = extractor.mask(img3, path)
-    if skull_strip == "auto" and already_extracted(np.asanyarray(img3.dataobj), brain):
-        return brain, "already extracted"
+    if skull_strip == "auto" and already_extracted(image, brain):
+        from scipy import ndimage
+
+        return ndimage.binary_fill_holes(image != 0), "already extracted"
     brain_ml = brain.sum() * voxel_ml_of(img3)
     if brain_ml < BRAIN_ML[0] / 2:
         raise NoBrainError(f"{path}: the extracted brain is {brain_ml:.0f} ml, smaller than any adult brain "

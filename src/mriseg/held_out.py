@@ -17,9 +17,10 @@ def mismatches(meta, ckpt):
             if key in meta and ckpt.get(key) is not None and meta[key] != ckpt[key]]
 
 
-def unpack_archive(archive, root, ckpt, labels=None):
+def unpack_archive(archive, root, ckpt, labels=None, skull_strip="auto"):
     """Validate and unpack a slice archive or a cohort of volumes into root, the latter on the model's
-    pixel size with labels mapped by `labels` (default ibsr)."""
+    pixel size with labels mapped by `labels` (default ibsr), each head's brain extracted as `mriseg predict
+    --skull-strip` decides it (a slice archive is scored as it is)."""
     from .archive import extract_archive
     from .cohort import holds_volumes, prepare_cohort
 
@@ -27,17 +28,29 @@ def unpack_archive(archive, root, ckpt, labels=None):
         pixel = ckpt.get("pixel_size_mm")
         # CSF drawn as the model's training labels drew it (checkpoints before the CSF class: none)
         prepare_cohort(archive, root, labels=labels or "ibsr", pixel_size=pixel[0] if pixel else None,
-                       csf=ckpt.get("csf", "none"))
+                       csf=ckpt.get("csf", "none"), skull_strip=skull_strip)
     else:
         extract_archive(archive, root)
 
 
-def evaluate_archive(checkpoint, archive, device="auto", batch_size=32, labels=None, log=print):
+def extraction_notes(archive, subjects):
+    """evaluate's lines saying which subjects' brains were extracted ({subject: its mriseg.json record})."""
+    decided = {}
+    for subject, rec in sorted(subjects.items()):
+        decided.setdefault(rec.get("skull_strip", "no"), []).append(subject)
+    said = {"extracted": "brain extracted before scoring (a head)", "already extracted": "scored as it is "
+            "(found extracted already)", "no": "scored as it is (--skull-strip no)"}
+    return [f"evaluate: {archive}: {len(names)} subject(s) {said[how]}: {', '.join(names)}"
+            for how, names in decided.items()]
+
+
+def evaluate_archive(checkpoint, archive, device="auto", batch_size=32, labels=None, skull_strip="auto", log=print):
     """{'overall': metrics, 'subjects': {subject: metrics}} of a checkpoint on every subject of an archive.
 
     Overall metrics are the evaluate stage's (reports/metrics.json) with the number of slices: a slice
     archive's slice metrics, a cohort's per-subject 3-D scores averaged. Subjects come from a cohort's
-    volumes or make-archive's file names (none for archives without them).
+    volumes or make-archive's file names (none for archives without them). skull_strip: auto | yes | no,
+    for a cohort of volumes, as `mriseg predict --skull-strip`; each subject's decision is in its scores.
     """
     from .data import SliceDataset
     from .manifest import MANIFEST_COLUMNS, archive_metadata, list_pairs
@@ -47,13 +60,17 @@ def evaluate_archive(checkpoint, archive, device="auto", batch_size=32, labels=N
     ckpt, context = predictor.ckpt, predictor.context
     with tempfile.TemporaryDirectory(prefix="mriseg-evaluate-") as tmp:
         root = Path(tmp) / "MRIs"
-        unpack_archive(archive, root, ckpt, labels)
+        unpack_archive(archive, root, ckpt, labels, skull_strip)
+        recorded = root / "mriseg.json"
+        meta = json.loads(recorded.read_text()) if recorded.exists() else {}
+        records = meta["subjects"] if meta.get("layout") == "volumes" else {}  # how each head was extracted
+        for line in extraction_notes(archive, records):
+            log(line)
         manifest = pd.DataFrame(list_pairs(root)).assign(split="test")[MANIFEST_COLUMNS]
         if context and (manifest["slice"] < 0).any():
             log(f"evaluate: note: {archive}: image names carry no subject and slice (sub-<id>_slice-<n>_<ix>.npy), "
                 f"so each slice stands in for its {context} neighbour(s) each side")
-        recorded = root / "mriseg.json"
-        for what in mismatches(json.loads(recorded.read_text()) if recorded.exists() else {}, ckpt):
+        for what in mismatches(meta, ckpt):
             log(f"evaluate: note: {archive}: slices differ from the model's training slices: {what} "
                 f"(rebuild it with `mriseg make-archive --like {checkpoint}`)")
         # A cohort's slices in the first view's plane; a slice archive's as they are (a mismatch is noted above).
@@ -63,7 +80,9 @@ def evaluate_archive(checkpoint, archive, device="auto", batch_size=32, labels=N
         if not overall:
             overall = pd.DataFrame(rows).drop(columns=["subject", "slices"]).mean().to_dict()
     return {"archive": str(archive), "model": str(checkpoint), "overall": {**overall, "slices": len(dataset)},
-            "subjects": {r["subject"]: {k: v for k, v in r.items() if k != "subject"} for r in rows}}
+            "subjects": {r["subject"]: {**{k: v for k, v in r.items() if k != "subject"},
+                                        **({"skull_strip": records[r["subject"]]["skull_strip"]}
+                                           if r["subject"] in records else {})} for r in rows}}
 
 
 def format_table(result):

@@ -139,7 +139,8 @@ def archive_metadata(root):
             "pixel_size_mm": meta.get("pixel_size_mm"), "layout": meta.get("layout", "slices"),
             "grid": meta.get("grid", "inplane"),
             # a cohort's classes (data.csf); slices and archives made before the CSF class: the first three
-            "classes": meta.get("classes", list(CLASS_NAMES[:3])), "csf": meta.get("csf", "none")}
+            "classes": meta.get("classes", list(CLASS_NAMES[:3])), "csf": meta.get("csf", "none"),
+            "skull_strip": meta.get("skull_strip", "no")}  # data.skull_strip: how its brains were extracted
 
 
 def archive_views(root):

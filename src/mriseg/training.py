@@ -1,5 +1,6 @@
 """The training loop: slices streamed from disk through a DataLoader (or held on the device when a split
 fits train.device_cache_gb), device-side augmentation, one-hot and metrics, resumable epochs."""
+import copy
 import csv
 import gc
 import hashlib
@@ -208,7 +209,9 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
         raise SettingsError(f"train.context={context} needs {2 * context + 1} input channels, the data has {channels}")
 
     if cfg.get("synth"):
-        train_set.label_context = True  # synthesis draws each input channel from its own slice's labels
+        # synthesis draws each input channel from its own slice's labels: a copy, the caller's set stays as it was
+        train_set = copy.copy(train_set)
+        train_set.label_context = True
         if train_set[0][1].shape != train_set[0][0].shape:
             raise SettingsError(f"train.synth={cfg['synth']} needs the labels of every input channel: train on a "
                                 "data.SliceDataset")

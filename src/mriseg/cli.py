@@ -1,5 +1,5 @@
-"""The `mriseg` command line: segment new scans, score a model on an archive, turn labelled volumes
-into a training archive, and compare DVC experiments."""
+"""The `mriseg` command line: segment new scans, follow subjects over sessions, score a model on an archive,
+turn labelled volumes into a training archive, and compare DVC experiments."""
 import argparse
 import sys
 
@@ -40,6 +40,18 @@ def predict_command(args):
                            batch_size=args.batch_size, pixel_size=pixel, slice_thickness=args.slice_thickness,
                            labels=args.labels, part=args.part, skull_strip=args.skull_strip, log=log)
     return 1 if failed else 0
+
+
+def longitudinal_command(args):
+    from tqdm import tqdm
+
+    from .longitudinal import longitudinal
+    from .models import SHIPPED_MODEL
+
+    log = lambda m: tqdm.write(m, file=sys.stderr)
+    done = longitudinal(args.model or SHIPPED_MODEL, args.bids, args.out, device=args.device,
+                        batch_size=args.batch_size, skull_strip=args.skull_strip, dates_csv=args.dates, log=log)
+    return 0 if done else 1
 
 
 def make_archive_command(args):
@@ -141,6 +153,20 @@ def main(argv=None):
     e.add_argument("--batch-size", type=positive_int, default=32,
                    help="slices per batch; the tutorial's IoU is a mean over batches (the evaluate stage uses 32)")
     e.set_defaults(func=evaluate_command)
+
+    g = sub.add_parser("longitudinal", help="follow each subject of a BIDS dataset over its sessions: segmented in "
+                       "one space and one brain mask; volumes.csv, change.csv (per pair of sessions, per year where "
+                       "dated), change.png")
+    g.add_argument("bids", help="a BIDS dataset: sub-<id>/ses-<label>/anat/*_T1w.nii[.gz]")
+    g.add_argument("--out", required=True, help="folder for volumes.csv, change.csv, change.png and sub-<id>/ masks")
+    g.add_argument("--model", help="a bundle or checkpoint (default: the shipped three-view model)")
+    g.add_argument("--dates", help="CSV of subject,session,date (YYYY-MM-DD) for sessions whose "
+                   "sub-<id>_sessions.tsv gives no acq_time")
+    g.add_argument("--skull-strip", choices=["auto", "yes", "no"], default="auto",
+                   help="as predict's, decided once per subject on the mean of its sessions")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--batch-size", type=positive_int, default=32)
+    g.set_defaults(func=longitudinal_command)
 
     m = sub.add_parser("make-archive", help="labelled NIfTI/MGZ volumes -> a zip in the tutorial's layout")
     m.add_argument("src", help="folder of <subject>.nii.gz + <subject>_seg.nii.gz, or FreeSurfer subject folders")

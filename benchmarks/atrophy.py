@@ -27,12 +27,13 @@ from train_throughput import commit, publish  # noqa: E402
 IBSR = ("01", "07", "16")  # one of each of IBSR's three voxel sizes
 
 
-def scans():
-    """(name, 3-D image, labels in mriseg's classes on its grid) of every scan the benchmark thins."""
+def scans(ibsr=IBSR, mni152=True):
+    """(name, 3-D image, labels in mriseg's classes on its grid) of every scan the benchmark thins: these IBSR
+    subjects, the freesurfer-dev subjects, and MNI152 unless told not to (benchmarks/rescan.py)."""
     from mriseg.labels import load_labels
     from mriseg.volumes import load_volume
 
-    for subject in IBSR:
+    for subject in ibsr:
         image = SHARED / "ibsr18-dev" / f"IBSR_{subject}.nii.gz"
         img3 = load_volume(image)[1]
         yield f"IBSR_{subject}", img3, load_labels([image.with_name(f"IBSR_{subject}_seg.nii.gz")], "ibsr", image,
@@ -40,8 +41,9 @@ def scans():
     for name, (image, seg) in HEADS.items():
         img3 = load_volume(SHARED / image)[1]
         yield name, img3, load_labels([SHARED / seg], "freesurfer-aseg", SHARED / image, img3)
-    mni, truth = template()
-    yield "MNI152", mni, truth
+    if mni152:
+        mni, truth = template()
+        yield "MNI152", mni, truth
 
 
 def main():

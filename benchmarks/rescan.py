@@ -22,33 +22,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heads import HEADS, SHARED  # noqa: E402
+from atrophy import scans  # noqa: E402
 from mriseg.devices import cpu_name  # noqa: E402
 from train_throughput import commit, publish  # noqa: E402
 
 IBSR = ("07", "16")  # two of IBSR's three voxel sizes (1.0 and 0.84 mm in plane), to fit a 2-core session
 TISSUES = (("white_matter_ml", "WM"), ("gray_matter_ml", "GM"), ("csf_ml", "CSF"), ("icv_ml", "ICV"))
-
-
-def scans():
-    """(name, 3-D image) of every scan the benchmark rescans."""
-    from mriseg.volumes import load_volume
-
-    for subject in IBSR:
-        yield f"IBSR_{subject}", load_volume(SHARED / "ibsr18-dev" / f"IBSR_{subject}.nii.gz")[1]
-    for name, (image, _) in HEADS.items():
-        yield name, load_volume(SHARED / image)[1]
-
-
-def scan_labels(name, img3):
-    """A scan's manual labels in mriseg's classes (IBSR's re-made, FreeSurfer's), for the atrophy simulation."""
-    from mriseg.labels import load_labels
-
-    if name.startswith("IBSR_"):
-        image = SHARED / "ibsr18-dev" / f"{name}.nii.gz"
-        return load_labels([image.with_name(f"{name}_seg.nii.gz")], "ibsr", image, img3, "intensity")
-    image, seg = HEADS[name]
-    return load_labels([SHARED / seg], "freesurfer-aseg", SHARED / image, img3)
 
 
 def spread(values):
@@ -105,10 +84,9 @@ def main():
              "| scan | segmented | " + " | ".join(f"{t} ml | {t} CV | {t} worst" for _, t in TISSUES) +
              " | atrophy recovered | s per rescan |", "|---|---|" + "---|---|---|" * len(TISSUES) + "---|---|"]
     summary = {}
-    for name, img3 in scans():
+    for name, img3, truth in scans(IBSR, mni152=False):
         images = [rescan(img3, seed)[0] for seed in range(1, args.rescans + 1)]
         image = np.asarray(img3.dataobj).astype(np.float32)
-        truth = scan_labels(name, img3)
         thinned, _, lost = thin_cortex(image, truth)
         pair = [images[0], rescan(nib.Nifti1Image(thinned, img3.affine), 2)[0]]
         true_ml = -float(lost.sum()) * voxel_ml_of(img3)

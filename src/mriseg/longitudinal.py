@@ -89,8 +89,10 @@ def one_brain(extractor, resampled, name, skull_strip):
 
     from .extraction import find_brain
 
-    mean = nib.Nifti1Image(np.mean([np.asarray(im.dataobj) for im in resampled], axis=0), resampled[0].affine)
-    brain, decided = find_brain(extractor, mean, name, skull_strip)
+    brain, decided = None, "no"
+    if extractor is not None:
+        mean = np.mean([np.asarray(im.dataobj) for im in resampled], axis=0)
+        brain, decided = find_brain(extractor, nib.Nifti1Image(mean, resampled[0].affine), name, skull_strip)
     if decided != "extracted":
         brain = ndimage.binary_fill_holes(np.logical_and.reduce([np.asarray(im.dataobj) > 0 for im in resampled]))
     return brain, decided
@@ -231,6 +233,6 @@ def longitudinal(checkpoint, bids, out_dir, device="auto", batch_size=32, skull_
     write_rows(sessions, SESSION_COLUMNS, out_dir / "volumes.csv")
     write_rows(changes, CHANGE_COLUMNS, out_dir / "change.csv")
     plot_change(sessions, out_dir / "change.png")
-    log(f"longitudinal: {len(sessions)} sessions of {len(set(r['subject'] for r in sessions))} subjects -> "
-        f"{out_dir} (volumes.csv, change.csv, change.png)")
-    return len(set(r["subject"] for r in sessions))
+    done = len({r["subject"] for r in sessions})
+    log(f"longitudinal: {len(sessions)} sessions of {done} subjects -> {out_dir} (volumes.csv, change.csv, change.png)")
+    return done

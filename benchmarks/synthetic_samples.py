@@ -23,18 +23,23 @@ IBSR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ibsr18-dev"
 
 
 def slices_with_context(image, mask, view, z):
+    """(image (3, F, F), labels and brain distances (6, F, F)) of slice z and its neighbours, as the
+    training's dataset gives them with label_context."""
+    from mriseg.synthesis import FAR, brain_distance
     from mriseg.volumes import pad_slices, view_slice
 
-    x = np.stack([view_slice(image, view, z + d) for d in (-1, 0, 1)])
-    y = np.stack([view_slice(mask, view, z + d) for d in (-1, 0, 1)])
+    distance = brain_distance(mask)
+    cut = lambda volume: np.stack([view_slice(volume, view, z + d) for d in (-1, 0, 1)])
+    x, y = cut(image), cut(mask)
     frame = (max(x.shape[1:]) + 15) // 16 * 16
     return (torch.from_numpy(pad_slices(x.astype(np.float32), (frame, frame), 0)),
-            torch.from_numpy(pad_slices(y.astype(np.uint8), (frame, frame), 2)))
+            torch.from_numpy(np.concatenate([pad_slices(y.astype(np.uint8), (frame, frame), 2),
+                                             pad_slices(cut(distance), (frame, frame), FAR)])))
 
 
 def main():
     from mriseg.scans import working_volumes
-    from mriseg.synthesis import atlas_slices, mix_synthetic, synthesize
+    from mriseg.synthesis import FAR, atlas_slices, mix_synthetic, synthesize
     from mriseg.volumes import view_shape
 
     ap = argparse.ArgumentParser()
@@ -48,24 +53,24 @@ def main():
     for subject, view, at in (("IBSR_01", "axial", 0.55), ("IBSR_05", "coronal", 0.5), ("IBSR_09", "sagittal", 0.4),
                               ("IBSR_16", "axial", 0.35)):
         image, mask = working_volumes(IBSR / f"{subject}.nii.gz", [IBSR / f"{subject}_seg.nii.gz"], "ibsr", None,
-                                      1.0)[:2]
+                                      1.0, csf="intensity")[:2]
         z = int(view_shape(image.shape, view)[0] * at)
         rows.append(slices_with_context(image, mask, view, z))
     size = max(x.shape[-1] for x, _ in rows)
-    atlas_labels, atlas_images = atlas_slices("coronal", 1, (size, size))
-    rows.append((atlas_images[len(atlas_images) // 2], atlas_labels[len(atlas_labels) // 2]))
-    x = torch.stack([torch.nn.functional.pad(a, (0, size - a.shape[-1], 0, size - a.shape[-2])) for a, _ in rows])
-    y = torch.stack([torch.nn.functional.pad(b, (0, size - b.shape[-1], 0, size - b.shape[-2]), value=2)
-                     for _, b in rows])
+    atlas = atlas_slices("coronal", 1, (size, size))
+    rows.append((torch.zeros(3, size, size), atlas[len(atlas) // 2]))  # the atlas's labels, no image
+    pad = lambda t, value: torch.nn.functional.pad(t, (0, size - t.shape[-1], 0, size - t.shape[-2]), value=value)
+    x = torch.stack([pad(a, 0) for a, _ in rows])
+    y = torch.stack([torch.cat([pad(b[:3], 2), pad(b[3:], FAR)]) for _, b in rows])
     gen = torch.Generator().manual_seed(0)
-    draws = [synthesize(y, x, gen) for _ in range(args.draws)]
+    draws = [synthesize(y[:, :3], y[:, 3:], gen) for _ in range(args.draws)]
     fig, axes = plt.subplots(len(rows), 2 + args.draws, figsize=(2 * (2 + args.draws), 2 * len(rows)))
     for r in range(len(rows)):
         axes[r, 0].imshow(x[r, 1], cmap="gray", vmin=0, vmax=1)
-        axes[r, 1].imshow(y[r, 1], cmap="viridis", vmin=0, vmax=2)
+        axes[r, 1].imshow(y[r, 1], cmap="viridis", vmin=0, vmax=3)
         for k, (images, labels) in enumerate(draws):
             axes[r, 2 + k].imshow(images[r, 1], cmap="gray", vmin=0, vmax=1)
-            axes[r, 2 + k].contour(labels[r, 1] < 2, levels=[0.5], colors="r", linewidths=0.4)
+            axes[r, 2 + k].contour((labels[r, 1] < 2).float(), levels=[0.5], colors="r", linewidths=0.4)
     axes[-1, 0].set_title("MNI152 atlas", fontsize=9)
     for ax, title in zip(axes[0], ["real (IBSR)", "labels"] + [f"synthetic {k + 1}" for k in range(args.draws)]):
         ax.set_title(title, fontsize=9)

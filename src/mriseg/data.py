@@ -5,6 +5,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from .synthesis import FAR, brain_distance
 from .volumes import pad_margins, pad_slices, view_shape, view_slice
 
 
@@ -23,6 +24,7 @@ class SliceDataset(torch.utils.data.Dataset):
     """
 
     MAX_OPEN = 256  # memory maps kept open per process (a process may hold ~65,000)
+    MAX_DISTANCES = 4  # label_context: brain distance volumes held (one label volume each, computed on demand)
 
     def __init__(self, manifest, split, context=0, view=None, label_context=False):
         keep = manifest["split"] == split
@@ -30,7 +32,9 @@ class SliceDataset(torch.utils.data.Dataset):
             keep &= manifest["view"] == view
         self.rows = manifest[keep].reset_index(drop=True)
         self.context = context
-        self.label_context = label_context  # masks [C,H,W]: every input channel's own labels (synthesis.py)
+        # masks [2C,H,W]: every input channel's own labels, then their distances outside the brain (synthesis.py)
+        self.label_context = label_context
+        self._distances = OrderedDict()
         self.views = list(self.rows["view"])
         self.images, self.masks = list(self.rows["image"]), list(self.rows["mask"])
         self.z = [int(z) for z in self.rows["z"]]
@@ -76,14 +80,31 @@ class SliceDataset(torch.utils.data.Dataset):
             n = view_shape(volume.shape, view)[0]
             planes = [z + d if 0 <= z + d < n else z for d in self.offsets()]
             x = np.stack([view_slice(volume, view, p) for p in planes])
-            y = (np.stack([view_slice(masks, view, p) for p in planes]) if self.label_context
-                 else view_slice(masks, view, z))
+            y = np.stack([view_slice(masks, view, p) for p in planes]) if self.label_context else view_slice(masks, view, z)
+            if self.label_context:
+                distance = self._distance(self.masks[i], masks)
+                distance = np.stack([view_slice(distance, view, p) for p in planes])
         else:
             paths = self.neighbours[i] if self.neighbours else [(self.images[i], self.masks[i])] * len(self.offsets())
             x = np.stack([self._array(image) for image, _ in paths])
             y = np.stack([self._array(mask) for _, mask in paths]) if self.label_context else self._array(self.masks[i])
-        return (torch.from_numpy(pad_slices(np.asarray(x, np.float32), self.frame, 0)),
-                torch.from_numpy(pad_slices(np.asarray(y, np.uint8), self.frame, 2)))
+            if self.label_context:
+                distance = np.stack([brain_distance(labels) for labels in y])
+        x = torch.from_numpy(pad_slices(np.asarray(x, np.float32), self.frame, 0))
+        y = pad_slices(np.asarray(y, np.uint8), self.frame, 2)
+        if self.label_context:
+            y = np.concatenate([y, pad_slices(distance, self.frame, FAR)])
+        return x, torch.from_numpy(y)
+
+    def _distance(self, path, masks):
+        """The 3-D distance outside the brain of a label volume (synthesis.brain_distance), computed once
+        while it is among the last MAX_DISTANCES asked for."""
+        if path not in self._distances:
+            self._distances[path] = brain_distance(masks)
+            if len(self._distances) > self.MAX_DISTANCES:
+                self._distances.popitem(last=False)
+        self._distances.move_to_end(path)
+        return self._distances[path]
 
 
 def neighbour(row, own, split):

@@ -49,6 +49,8 @@ def load_params(path="params.yaml"):
                 "share of training samples synthesised from their labels; 0 = none")
     check_value(params, path, "train.synth_atlas", 0.0, lambda v: number(v) and v <= 1, "a number from 0 to 1",
                 "share of synthetic samples drawn from the MNI152 tissue maps; 0 = none")
+    check_value(params, path, "train.bn_refit", True, lambda v: isinstance(v, bool), "true or false",
+                "with train.synth: BatchNorm statistics re-estimated on the real training slices after training")
     check_value(params, path, "train.processes", 1, lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1",
                 "processes training together under torchrun, one per GPU")
     check_value(params, path, "train.workers", "auto", lambda v: v == "auto" or whole(v), "auto or a whole number >= 0",
@@ -95,5 +97,5 @@ def check_value(params, path, key, default, is_valid, requirement, meaning):
     """One line naming the file and the key when <section>.<name> is not a value the pipeline can use."""
     section, name = key.split(".")
     value = params.get(section, {}).get(name, default)
-    if isinstance(value, bool) or not is_valid(value):  # YAML's true/false are ints to Python
+    if isinstance(value, bool) != isinstance(default, bool) or not is_valid(value):  # YAML's true/false are ints
         raise ParamsError(f"{path}: {key} must be {requirement} ({meaning}), got {value!r}")

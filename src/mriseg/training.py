@@ -179,8 +179,8 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     to DVCLive in live_dir. Writes the checkpoint to out_path. mirror: the slices' columns run left-right
     (axial, coronal), so flips in augmentation and train.flip_tta give plausible brains; off for sagittal.
     artifact: DVCLive's log_artifact arguments (name, desc, labels) for the checkpoint, when live_dir is set.
-    atlas: (labels, images) of extra anatomy that train.synth_atlas draws synthetic samples from
-    (synthesis.atlas_slices, in train_set's frame). classes: the names of the classes the labels hold
+    atlas: (m, 2C, H, W) labels and brain distances of extra anatomy that train.synth_atlas draws synthetic
+    samples from (synthesis.atlas_slices, in train_set's frame). classes: the names of the classes the labels hold
     (archive_metadata's: four with CSF, the first three without), one output of the network each.
     Wall-clock times go to timing_path (TSV: epoch, seconds, images_per_s) and nowhere else, so that a
     retrain with the same seed writes the same checkpoint and curves, byte for byte.
@@ -212,18 +212,20 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
         # synthesis draws each input channel from its own slice's labels: a copy, the caller's set stays as it was
         train_set = copy.copy(train_set)
         train_set.label_context = True
-        if train_set[0][1].shape != train_set[0][0].shape:
+        x0, y0 = train_set[0]
+        if y0.shape != (2 * x0.shape[0], *x0.shape[1:]):
             raise SettingsError(f"train.synth={cfg['synth']} needs the labels of every input channel: train on a "
                                 "data.SliceDataset")
     if cfg.get("synth") and cfg.get("synth_atlas"):
-        if atlas is None or atlas[0].shape[1:] != train_set[0][1].shape:
+        if atlas is None or atlas.shape[1:] != train_set[0][1].shape:
             raise SettingsError(f"train.synth_atlas={cfg['synth_atlas']} needs the atlas's slices in the training "
                                 f"frame {tuple(train_set[0][1].shape)} (synthesis.atlas_slices), got "
-                                f"{None if atlas is None else tuple(atlas[0].shape[1:])}")
-        atlas = tuple(t.to(device) for t in atlas)
+                                f"{None if atlas is None else tuple(atlas.shape[1:])}")
+        atlas = atlas.to(device)
         if len(classes) < len(CLASS_NAMES):  # a model without CSF: the atlas's CSF is background, as in its data
-            atlas = (torch.where(atlas[0] == CLASS_NAMES.index("csf"), CLASS_NAMES.index("background"), atlas[0]),
-                     atlas[1])
+            labels = atlas[:, :channels]
+            atlas = torch.cat([torch.where(labels == CLASS_NAMES.index("csf"), CLASS_NAMES.index("background"),
+                                           labels), atlas[:, channels:]], 1)
     else:
         atlas = None
     feeds = make_feeds(cfg, train_set, eval_sets, device, world, eval_batch_size, channels_last)
@@ -286,9 +288,13 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
         if timing_path is not None:
             write_timing(timing, timing_path)
 
+    if best["state_dict"] is not None:
+        model.load_state_dict(best["state_dict"])
+    if cfg.get("synth") and cfg.get("bn_refit", True):
+        refit_batchnorm(model, feeds["train"], device, amp)
     ckpt = None
     if lead:
-        state_dict = best["state_dict"] if best["state_dict"] is not None else model.state_dict()
+        state_dict = model.state_dict()
         ckpt = {"format": 1, "model": model_name, "state_dict": {k: v.cpu() for k, v in state_dict.items()},
                 "classes": list(classes), "activation": activation, "loss": loss_name, "context": context,
                 "width": cfg.get("width", 16), "flip_tta": flip_tta,
@@ -297,6 +303,14 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
         finish(ckpt, out_path, resume_path, live, artifact)
     leave_processes()
     return ckpt
+
+
+def refit_batchnorm(model, feed, device, amp):
+    """BatchNorm's running statistics re-estimated over one pass of the real training slices, weights
+    untouched (torch's update_bn): in training they averaged real and synthetic batches, a mixture that
+    prediction never feeds. Every process makes the same pass, so all hold the same statistics."""
+    with autocast(device, amp):
+        torch.optim.swa_utils.update_bn((xb for xb, _ in feed()), model)
 
 
 def stepped_and_scored(model, cfg, device, world, flip_tta, activation):

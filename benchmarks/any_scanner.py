@@ -48,11 +48,24 @@ def judge(path, extractor, inputs):
     return results, float(np.mean(seconds)), settings
 
 
+def off_dataset_inputs():
+    """{name: (image, reference labels, where)}: the freesurfer-dev heads against FreeSurfer's labels, and
+    the skull-stripped MNI152 template against its tissue maps."""
+    from mriseg.labels import load_labels
+    from mriseg.volumes import load_volume
+
+    inputs = {}
+    for name, (image, seg) in HEADS.items():
+        img3 = load_volume(SHARED / image)[1]
+        inputs[name] = (img3, load_labels([SHARED / seg], "freesurfer-aseg", SHARED / image, img3), name)
+    mni, truth = template()
+    inputs["MNI152"] = (mni, truth, "MNI152 template")
+    return inputs
+
+
 def main():
     from mriseg.extraction import BrainExtractor
-    from mriseg.labels import load_labels
     from mriseg.models import SHIPPED_MODEL
-    from mriseg.volumes import load_volume
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", default=[],
@@ -64,12 +77,7 @@ def main():
         name, _, rest = spec.partition("=")
         path, _, metrics = rest.partition(":")
         models.append((name, path, metrics or None))
-    inputs = {}
-    for name, (image, seg) in HEADS.items():
-        img3 = load_volume(SHARED / image)[1]
-        inputs[name] = (img3, load_labels([SHARED / seg], "freesurfer-aseg", SHARED / image, img3), name)
-    mni, truth = template()
-    inputs["MNI152"] = (mni, truth, "MNI152 template")
+    inputs = off_dataset_inputs()
     extractor = BrainExtractor(torch.device("cpu"))
     lines = ["# Off the training data: other scanners' heads, the MNI152 template, held-out IBSR", "",
              f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}. Commit {commit()}. "

@@ -204,5 +204,7 @@ def test_label_context_gives_each_channel_its_own_slices_labels(tmp_path):
     rule its image channels follow; a slice archive's neighbour in another split lends no labels."""
     df = subject_manifest(tmp_path, [1, 2, 3, 4, 7, 8], split_of=lambda z: "test" if z == 3 else "train")
     x, y = stacked(SliceDataset(df, "train", context=1, label_context=True))
-    assert y.shape == x.shape and y.dtype == torch.uint8
-    assert y[:, :, 6, 5].tolist() == [[1, 1, 2], [1, 2, 2], [1, 1, 1], [1, 1, 2], [1, 2, 2]]
+    labels, distance = y[:, :3], y[:, 3:]  # then each channel's distance outside the brain
+    assert labels.shape == x.shape and y.shape[1] == 6 and y.dtype == torch.uint8
+    assert labels[:, :, 6, 5].tolist() == [[1, 1, 2], [1, 2, 2], [1, 1, 1], [1, 1, 2], [1, 2, 2]]
+    assert (distance[labels != 2] == 0).all() and (distance[labels == 2] > 0).any()

@@ -49,7 +49,7 @@ def load_params(path="params.yaml"):
                 "share of training samples synthesised from their labels; 0 = none")
     check_value(params, path, "train.synth_atlas", 0.0, lambda v: number(v) and v <= 1, "a number from 0 to 1",
                 "share of synthetic samples drawn from the MNI152 tissue maps; 0 = none")
-    check_value(params, path, "train.bn_refit", True, lambda v: isinstance(v, bool), "true or false",
+    check_value(params, path, "train.bn_refit", False, lambda v: isinstance(v, bool), "true or false",
                 "with train.synth: BatchNorm statistics re-estimated on the real training slices after training")
     check_value(params, path, "train.processes", 1, lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1",
                 "processes training together under torchrun, one per GPU")

@@ -290,7 +290,7 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
 
     if best["state_dict"] is not None:
         model.load_state_dict(best["state_dict"])
-    if cfg.get("synth") and cfg.get("bn_refit", True):
+    if cfg.get("synth") and cfg.get("bn_refit", False):
         refit_batchnorm(model, feeds["train"], device, amp)
     ckpt = None
     if lead:

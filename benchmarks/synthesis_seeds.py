@@ -54,15 +54,14 @@ def refitted(model_path, out_path, params):
     """The bundle with each view's BatchNorm statistics re-estimated on its real training slices."""
     from mriseg.data import Feed, SliceDataset
     from mriseg.manifest import read_manifest
-    from mriseg.models import build_model
+    from mriseg.models import build_network
     from mriseg.training import refit_batchnorm
 
     bundle = torch.load(model_path, weights_only=True)
     manifest = read_manifest("data/manifest.csv")
     for view, ckpt in bundle["views"].items():
-        model = build_model(ckpt["model"], pretrained=False, in_channels=2 * ckpt["context"] + 1,
-                            width=ckpt["width"], num_classes=len(ckpt["classes"]))
-        model.load_state_dict(ckpt["state_dict"])
+        model = build_network(ckpt, model_path)
+        model = getattr(model, "net", model)  # the network itself, not its flip-averaged wrapper
         feed = Feed(SliceDataset(manifest, "train", ckpt["context"], view), params["train"]["batch_size"],
                     torch.device("cpu"))
         refit_batchnorm(model, feed, torch.device("cpu"), params["train"]["amp"])

@@ -52,15 +52,8 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def _array(self, path):
         """A cohort volume stays mapped (least recently used closed first); a one-slice file is read."""
-        if path in self._open:
-            self._open.move_to_end(path)
-            return self._open[path]
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-        if array.ndim == 3:
-            self._open[path] = array
-            if len(self._open) > self.MAX_OPEN:
-                self._open.popitem(last=False)
-        return array
+        return recently_used(self._open, path, self.MAX_OPEN, lambda: np.load(path, mmap_mode="r", allow_pickle=False),
+                             keep=lambda array: array.ndim == 3)
 
     def _frame(self):
         shapes = {}
@@ -80,10 +73,12 @@ class SliceDataset(torch.utils.data.Dataset):
             n = view_shape(volume.shape, view)[0]
             planes = [z + d if 0 <= z + d < n else z for d in self.offsets()]
             x = np.stack([view_slice(volume, view, p) for p in planes])
-            y = np.stack([view_slice(masks, view, p) for p in planes]) if self.label_context else view_slice(masks, view, z)
             if self.label_context:
+                y = np.stack([view_slice(masks, view, p) for p in planes])
                 distance = self._distance(self.masks[i], masks)
                 distance = np.stack([view_slice(distance, view, p) for p in planes])
+            else:
+                y = view_slice(masks, view, z)
         else:
             paths = self.neighbours[i] if self.neighbours else [(self.images[i], self.masks[i])] * len(self.offsets())
             x = np.stack([self._array(image) for image, _ in paths])
@@ -99,12 +94,21 @@ class SliceDataset(torch.utils.data.Dataset):
     def _distance(self, path, masks):
         """The 3-D distance outside the brain of a label volume (synthesis.brain_distance), computed once
         while it is among the last MAX_DISTANCES asked for."""
-        if path not in self._distances:
-            self._distances[path] = brain_distance(masks)
-            if len(self._distances) > self.MAX_DISTANCES:
-                self._distances.popitem(last=False)
-        self._distances.move_to_end(path)
-        return self._distances[path]
+        return recently_used(self._distances, path, self.MAX_DISTANCES, lambda: brain_distance(masks))
+
+
+def recently_used(store, key, limit, make, keep=lambda value: True):
+    """store[key] (an OrderedDict, most recently used last), else make() kept there when keep(it) holds,
+    the least recently used entry dropped past `limit`."""
+    if key in store:
+        store.move_to_end(key)
+        return store[key]
+    value = make()
+    if keep(value):
+        store[key] = value
+        if len(store) > limit:
+            store.popitem(last=False)
+    return value
 
 
 def neighbour(row, own, split):

@@ -5,9 +5,10 @@ Each slice comes with its labels and the 3-D distance outside its volume's brain
 channel of each per input channel; data.SliceDataset with label_context). From them a batch is drawn:
 1. labels and distance deformed by a random smooth warp;
 2. generation classes from the labels, one Gaussian each: white matter, gray matter, CSF (with whatever
-   the brain holds unlabelled: the sulci's rest), then shells grown outward by the 3-D distance: CSF, dura, inner table, diploe,
-   outer table, muscle, fat, skin (thickness per sample, in pixels of the working grid; docs/synthesis.md),
-   blobs of face and neck beyond, and air; every one outside the brain is background to the network;
+   the brain holds unlabelled: the sulci's rest), then shells grown outward by the 3-D distance: CSF, dura,
+   inner table, diploe, outer table, muscle, fat, skin (thickness per sample, in pixels of the working grid;
+   docs/synthesis.md), blobs of face and neck beyond, and air; every one outside the brain is background to
+   the network;
 3. shaped as prediction's inputs: four in five cut as a skull-strip cuts (the brain mask eroded by up to 2
    or grown by up to 5 pixels, roughened; tissue cut away becomes background, as its image is zero); the
    rest whole heads, a third of them stopping after the dura or the skull;

@@ -288,12 +288,12 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
         if timing_path is not None:
             write_timing(timing, timing_path)
 
-    if best["state_dict"] is not None:
-        model.load_state_dict(best["state_dict"])
-    if cfg.get("synth") and cfg.get("bn_refit", False):
-        refit_batchnorm(model, feeds["train"], device, amp)
     ckpt = None
     if lead:
+        if best["state_dict"] is not None:
+            model.load_state_dict(best["state_dict"])
+        if cfg.get("synth") and cfg.get("bn_refit", False):
+            refit_batchnorm(model, feeds["train"], device, amp)
         state_dict = model.state_dict()
         ckpt = {"format": 1, "model": model_name, "state_dict": {k: v.cpu() for k, v in state_dict.items()},
                 "classes": list(classes), "activation": activation, "loss": loss_name, "context": context,
@@ -308,7 +308,7 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
 def refit_batchnorm(model, feed, device, amp):
     """BatchNorm's running statistics re-estimated over one pass of the real training slices, weights
     untouched (torch's update_bn): in training they averaged real and synthetic batches, a mixture that
-    prediction never feeds. Every process makes the same pass, so all hold the same statistics."""
+    prediction never feeds. Only the process that writes the checkpoint makes the pass."""
     with autocast(device, amp):
         torch.optim.swa_utils.update_bn((xb for xb, _ in feed()), model)
 

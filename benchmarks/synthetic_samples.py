@@ -25,8 +25,7 @@ IBSR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ibsr18-dev"
 def slices_with_context(image, mask, view, z):
     """(image (3, F, F), labels and brain distances (6, F, F)) of slice z and its neighbours, as the
     training's dataset gives them with label_context."""
-    from mriseg.synthesis import FAR, brain_distance
-    from mriseg.volumes import pad_slices, view_slice
+    from mriseg.volumes import FAR, brain_distance, pad_slices, view_slice
 
     distance = brain_distance(mask)
     cut = lambda volume: np.stack([view_slice(volume, view, z + d) for d in (-1, 0, 1)])
@@ -39,8 +38,8 @@ def slices_with_context(image, mask, view, z):
 
 def main():
     from mriseg.scans import working_volumes
-    from mriseg.synthesis import FAR, atlas_slices, mix_synthetic, synthesize
-    from mriseg.volumes import view_shape
+    from mriseg.synthesis import atlas_slices, mix_synthetic, synthesize
+    from mriseg.volumes import FAR, view_shape
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="docs/images/synthetic-samples.png")

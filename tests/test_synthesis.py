@@ -7,7 +7,8 @@ import torch
 
 from mriseg.errors import ParamsError
 from mriseg.params import load_params
-from mriseg.synthesis import FAR, atlas_slices, brain_distance, brain_range, fit_frame, mix_synthetic, synthesize
+from mriseg.synthesis import atlas_slices, brain_range, fit_frame, mix_synthetic, synthesize
+from mriseg.volumes import FAR, brain_distance
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ibsr18-dev"
 

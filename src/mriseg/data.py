@@ -5,8 +5,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from .synthesis import FAR, brain_distance
-from .volumes import pad_margins, pad_slices, view_shape, view_slice
+from .volumes import FAR, brain_distance, pad_margins, pad_slices, view_shape, view_slice
 
 
 class SliceDataset(torch.utils.data.Dataset):
@@ -92,7 +91,7 @@ class SliceDataset(torch.utils.data.Dataset):
         return x, torch.from_numpy(y)
 
     def _distance(self, path, masks):
-        """The 3-D distance outside the brain of a label volume (synthesis.brain_distance), computed once
+        """The 3-D distance outside the brain of a label volume (volumes.brain_distance), computed once
         while it is among the last MAX_DISTANCES asked for."""
         return recently_used(self._distances, path, self.MAX_DISTANCES, lambda: brain_distance(masks))
 

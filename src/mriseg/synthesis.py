@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .augmentation import sample_labels, to_device
-from .volumes import NORMALIZATION, pad_slices
+from .volumes import FAR, NORMALIZATION, brain_distance, pad_slices
 
 BACKGROUND, CSF = 2, 3  # mriseg's classes: 0 white matter, 1 gray matter, 2 background, 3 CSF
 # Generation classes: 0 air, 1 white matter, 2 gray matter, 3 CSF (and the brain's unlabelled rest), then shells.
@@ -41,23 +41,7 @@ CLASSES = BLOBS + 1
 # How a brain's voxels divide among white matter, gray matter and CSF with the unlabelled rest (IBSR_01, 05,
 # 16 with data.csf intensity, inside brain_distance's brain: 0.30-0.35, 0.53-0.61, 0.09-0.14).
 BRAIN_SHARES = (0.32, 0.56, 0.12)
-FAR = 255  # distance of the frame's padding: farther than any shell
 STRIPPED = 0.8  # share of draws cut as a skull-strip cuts (prediction extracts the brain first)
-
-
-def brain_distance(labels, background=BACKGROUND):
-    """uint8 distance in pixels (capped at 254) outside the brain of a label volume (or slice): the
-    labelled voxels closed by 2 and their holes filled (ventricles, sulci), 0 inside. Measured in 3-D on a
-    volume, so that a slice through the top of the brain sees one brain, not an island per gyrus."""
-    from scipy import ndimage
-
-    pad = 3
-    tissue = np.pad(np.asarray(labels) != background, pad)
-    brain = ndimage.binary_fill_holes(ndimage.binary_closing(tissue, iterations=2))
-    brain = brain[tuple(slice(pad, -pad) for _ in range(brain.ndim))]
-    if not brain.any():
-        return np.full(brain.shape, FAR - 1, np.uint8)
-    return np.minimum(np.rint(ndimage.distance_transform_edt(~brain)), FAR - 1).astype(np.uint8)
 
 
 def synthesize(labels, distance, gen):

@@ -239,3 +239,21 @@ def filled_closing(mask, radius_mm, zooms):
     closed = ndimage.binary_fill_holes(closed | part)[tuple(slice(r, -r) for r in reach)]
     out[box] = closed
     return out
+
+
+FAR = 255  # distance of the frame's padding: farther than any shell of synthesis
+
+
+def brain_distance(labels, background=CLASS_NAMES.index("background")):
+    """uint8 distance in pixels (capped at 254) outside the brain of a label volume (or slice): the
+    labelled voxels closed by 2 and their holes filled (ventricles, sulci), 0 inside. Measured in 3-D on a
+    volume, so that a slice through the top of the brain sees one brain, not an island per gyrus."""
+    from scipy import ndimage
+
+    pad = 3
+    tissue = np.pad(np.asarray(labels) != background, pad)
+    brain = ndimage.binary_fill_holes(ndimage.binary_closing(tissue, iterations=2))
+    brain = brain[tuple(slice(pad, -pad) for _ in range(brain.ndim))]
+    if not brain.any():
+        return np.full(brain.shape, FAR - 1, np.uint8)
+    return np.minimum(np.rint(ndimage.distance_transform_edt(~brain)), FAR - 1).astype(np.uint8)

@@ -157,7 +157,7 @@ def test_share_zero_draws_nothing_and_a_share_replaces_some_samples():
     assert 0 < sum(replaced) < 8
 
 
-@pytest.mark.parametrize("key", ["synth", "synth_atlas"])
+@pytest.mark.parametrize("key", ["synth", "synth_atlas", "thinning"])
 @pytest.mark.parametrize("value", [-0.1, 1.5, "half", True])
 def test_bad_synth_is_one_clear_line(tmp_path, key, value):
     (tmp_path / "params.yaml").write_text(f"model: unet\ntrain:\n  {key}: {value}\n")

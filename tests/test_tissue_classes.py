@@ -1,8 +1,10 @@
 """The CSF class: label presets' CSF, data.csf's rules, the intracranial volume, simulated atrophy."""
 import numpy as np
 import pytest
+import torch
 
 from conftest import SHARED_IBSR, synthetic_volume
+from mriseg import CLASS_NAMES
 from mriseg.atrophy import outer_cortex, thin_cortex, upper_left_quarter
 from mriseg.extraction import intracranial
 from mriseg.labels import SourceError, apply_csf_rule, map_labels, parse_labels, remake_csf
@@ -103,3 +105,74 @@ def test_thin_cortex_replaces_the_outer_cortex_with_csf_intensities():
     region = upper_left_quarter(labels, affine)
     regional = thin_cortex(image, labels, region)[2]
     assert 0.1 * lost.sum() < regional.sum() < 0.5 * lost.sum() and not (regional & ~region).any()
+
+
+def cortex_batch(n=8, c=3, h=64, w=64):
+    """Slices of white matter in a ring of cortex in a ring of CSF, noisy T1 intensities, as data.SliceDataset
+    gives them with label_context: (images (n, c, h, w), labels then distances (n, 2c, h, w))."""
+    rows, cols = np.mgrid[:h, :w]
+    r = np.hypot(rows - h / 2, cols - w / 2)
+    labels = np.select([r < 10, r < 18, r < 24], [0, 1, 3], 2).astype(np.uint8)
+    y = torch.from_numpy(np.stack([np.stack([labels] * c)] * n))
+    x = torch.tensor([0.8, 0.5, 0.0, 0.15])[y.long()] + 0.02 * torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    distance = torch.randint(0, 9, y.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    return x.clamp(min=0), torch.cat([y, distance], 1)
+
+
+def test_thinning_turns_the_outer_cortex_into_csf_and_leaves_the_rest():
+    from mriseg.augmentation import thin_cortex as thin_slices
+
+    x, y = cortex_batch()
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    same, same_labels = thin_slices(x, y, gen, 0.0)
+    assert same is x and same_labels is y and torch.equal(gen.get_state(), state)  # share 0 draws nothing
+    thinned, labels = thin_slices(x, y, gen, 1.0)
+    lost = (y[:, :3] == 1) & (labels[:, :3] == 3)
+    changed = (labels != y)
+    assert torch.equal(changed[:, :3], lost) and not changed[:, 3:].any()  # only cortex moves; distances untouched
+    assert torch.equal(thinned != x, lost)  # only the lost pixels change intensity
+    per_sample = lost[:, 1].flatten(1).sum(1)
+    ring = 2 * np.pi * 18  # pixels in one layer of the cortex's outer edge, about
+    assert (per_sample > 0.3 * ring).all() and (per_sample < 2.5 * ring).all()  # 1 or 2 layers, whole or half
+    assert len(set(per_sample.tolist())) > 1  # layers and halves are drawn per sample
+    near = np.hypot(*np.mgrid[:64, :64] - 32.0) >= 16 - 0.5  # within 2 px of the CSF at radius 18
+    assert not (lost & ~torch.from_numpy(near)).any()
+    assert abs(thinned[lost].mean() - 0.15) < 0.02 and thinned[lost].std() < 0.05  # the slice's own CSF, noisy
+    # each channel thinned by its own labels: a channel without cortex loses none
+    y2 = y.clone()
+    y2[:, 0] = torch.where(y2[:, 0] == 1, 0, y2[:, 0])
+    _, labels2 = thin_slices(x, y2, torch.Generator().manual_seed(0), 1.0)
+    assert not (labels2[:, 0] == 3).logical_and(y2[:, 0] != 3).any() and (labels2[:, 1] != y2[:, 1]).any()
+    # a slice without CSF of its own to draw from is left as it is
+    dry = y.clone()
+    dry[:, :3] = torch.where(dry[:, :3] == 3, 2, dry[:, :3])
+    assert torch.equal(thin_slices(x, dry, torch.Generator().manual_seed(0), 1.0)[1], dry)
+
+
+def test_thinning_trains_on_every_channels_labels_and_needs_the_csf_class(tmp_path):
+    import pandas as pd
+    from test_training import CFG, TEST, TRAIN, dataset
+
+    from mriseg.data import SliceDataset
+    from mriseg.training import SettingsError, resolve_recipe, train
+
+    x, y = cortex_batch(n=1, c=8, h=48, w=48)
+    rows = []
+    for s in "AB":  # two (X, Y, Z) volumes on disk and their axial slices, as the train stage's manifest lists them
+        np.save(tmp_path / f"{s}.image.npy", x[0].permute(1, 2, 0).numpy().copy())
+        np.save(tmp_path / f"{s}.labels.npy", y[0, :8].permute(1, 2, 0).numpy().copy())
+        rows += [{"image": str(tmp_path / f"{s}.image.npy"), "mask": str(tmp_path / f"{s}.labels.npy"),
+                  "ix": f"{s}:axial:{z}", "subject": s, "slice": z, "view": "axial", "z": z, "split": "train"}
+                 for z in range(1, 7)]
+    manifest = pd.DataFrame(rows)
+    cfg = resolve_recipe({**CFG, "epochs": 2, "context": 1, "augment": True, "loss": "dice_ce"})
+    run = lambda name, **over: train({**cfg, **over}, "unet", SliceDataset(manifest, "train", context=1), {},
+                                     tmp_path / f"{name}.pt", tmp_path / f"{name}.r.pt", extra={"axis": "axial"},
+                                     classes=CLASS_NAMES)["history"]
+    thinned = run("a", thinning=0.5)
+    assert thinned == run("b", thinning=0.5) and np.isfinite(thinned[-1]["train_loss"])
+    assert thinned != run("c")
+    with pytest.raises(SettingsError, match=r"train.thinning=0.5 turns cortex into CSF: it needs the CSF class"):
+        train({**CFG, "thinning": 0.5}, "unet", dataset(TRAIN), {"test": dataset(TEST)}, tmp_path / "d.pt",
+              tmp_path / "d.r.pt")

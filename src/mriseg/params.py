@@ -49,6 +49,8 @@ def load_params(path="params.yaml"):
                 "share of training samples synthesised from their labels; 0 = none")
     check_value(params, path, "train.synth_atlas", 0.0, lambda v: number(v) and v <= 1, "a number from 0 to 1",
                 "share of synthetic samples drawn from the MNI152 tissue maps; 0 = none")
+    check_value(params, path, "train.thinning", 0.0, lambda v: number(v) and v <= 1, "a number from 0 to 1",
+                "share of training samples whose outer cortex is thinned to CSF; 0 = none")
     check_value(params, path, "train.bn_refit", False, lambda v: isinstance(v, bool), "true or false",
                 "with train.synth: BatchNorm statistics re-estimated on the real training slices after training")
     check_value(params, path, "train.processes", 1, lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1",

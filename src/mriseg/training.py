@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from . import CLASS_NAMES
-from .augmentation import augment
+from .augmentation import augment, thin_cortex
 from .synthesis import mix_synthetic
 from .data import Feed
 from .devices import (autocast, broadcast_from_rank0, broadcast_object, describe_device, gather_over_ranks,
@@ -29,7 +29,7 @@ from .models import FlipAveraged, build_model
 # `train.recipe: tutorial` puts back every training choice of the reference tutorial in one setting.
 TUTORIAL_RECIPE = {"lr": 3e-4, "batch_size": 16, "loss": "bce", "augment": False, "schedule": "constant",
                    "stem_init": "random", "context": 0, "flip_tta": False, "width": 16, "synth": 0.0,
-                   "synth_atlas": 0.0}
+                   "synth_atlas": 0.0, "thinning": 0.0}
 
 
 class SettingsError(ParamsError):
@@ -145,8 +145,9 @@ def train_epoch(step_model, feed, order, opt, cfg, augment_gen, mirror, device, 
     cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long, device=device)
     for xb, yb in tqdm(feed(order), total=math.ceil(len(order) / batch_size), unit="batch", desc=desc, leave=False,
                        disable=not show):
-        if cfg.get("synth"):
-            xb, yb = mix_synthetic(xb, yb, augment_gen, cfg["synth"], cfg.get("context", 0), atlas,
+        if cfg.get("synth") or cfg.get("thinning"):
+            xb, yb = thin_cortex(xb, yb, augment_gen, cfg.get("thinning", 0.0))
+            xb, yb = mix_synthetic(xb, yb, augment_gen, cfg.get("synth", 0.0), cfg.get("context", 0), atlas,
                                    cfg.get("synth_atlas", 0.0))
         if cfg.get("augment"):
             xb, yb = augment(xb, yb, augment_gen, cfg.get("bias_field", 0.0), flip=mirror)
@@ -208,13 +209,18 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     if channels != 2 * context + 1:
         raise SettingsError(f"train.context={context} needs {2 * context + 1} input channels, the data has {channels}")
 
-    if cfg.get("synth"):
-        # synthesis draws each input channel from its own slice's labels: a copy, the caller's set stays as it was
+    if cfg.get("thinning") and "csf" not in classes:
+        raise SettingsError(f"train.thinning={cfg['thinning']} turns cortex into CSF: it needs the CSF class "
+                            "(data.csf: intensity or labels)")
+    for key in ("synth", "thinning"):
+        if not cfg.get(key):
+            continue
+        # synthesis and thinning use each input channel's own labels: a copy, the caller's set stays as it was
         train_set = copy.copy(train_set)
         train_set.label_context = True
         x0, y0 = train_set[0]
         if y0.shape != (2 * x0.shape[0], *x0.shape[1:]):
-            raise SettingsError(f"train.synth={cfg['synth']} needs the labels of every input channel: train on a "
+            raise SettingsError(f"train.{key}={cfg[key]} needs the labels of every input channel: train on a "
                                 "data.SliceDataset")
     if cfg.get("synth") and cfg.get("synth_atlas"):
         if atlas is None or atlas.shape[1:] != train_set[0][1].shape:

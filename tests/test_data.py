@@ -208,3 +208,6 @@ def test_label_context_gives_each_channel_its_own_slices_labels(tmp_path):
     assert labels.shape == x.shape and y.shape[1] == 6 and y.dtype == torch.uint8
     assert labels[:, :, 6, 5].tolist() == [[1, 1, 2], [1, 2, 2], [1, 1, 1], [1, 1, 2], [1, 2, 2]]
     assert (distance[labels != 2] == 0).all() and (distance[labels == 2] > 0).any()
+    # thinning alone needs no distances: the same labels, without them
+    _, bare = stacked(SliceDataset(df, "train", context=1, label_context=True, label_distances=False))
+    assert torch.equal(bare, labels)

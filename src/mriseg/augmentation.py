@@ -62,8 +62,8 @@ def thin_cortex(images, labels, gen, share, gray=1, background=2, csf=3):
     background, in the whole slice or in a random half of it (a line through the tissue's centre), becomes
     CSF, with intensities drawn as the slice's own pure CSF (its CSF one pixel in from its edge: mean and
     spread per channel) and labelled CSF. Each input channel is thinned by its own labels, so the
-    neighbouring slices lose their cortex as the centre does. labels (n, 2C, H, W) as data.SliceDataset gives
-    them with label_context (every channel's labels, then their distances, untouched); a sample with fewer
+    neighbouring slices lose their cortex as the centre does. labels (n, C or 2C, H, W) as data.SliceDataset
+    gives them with label_context (every channel's labels, then any distances, untouched); a sample with fewer
     than 20 pure CSF pixels is left as it is. share 0 draws nothing."""
     if not share:
         return images, labels

@@ -25,14 +25,15 @@ class SliceDataset(torch.utils.data.Dataset):
     MAX_OPEN = 256  # memory maps kept open per process (a process may hold ~65,000)
     MAX_DISTANCES = 4  # label_context: brain distance volumes held (one label volume each, computed on demand)
 
-    def __init__(self, manifest, split, context=0, view=None, label_context=False):
+    def __init__(self, manifest, split, context=0, view=None, label_context=False, label_distances=True):
         keep = manifest["split"] == split
         if view is not None:
             keep &= manifest["view"] == view
         self.rows = manifest[keep].reset_index(drop=True)
         self.context = context
-        # masks [2C,H,W]: every input channel's own labels, then their distances outside the brain (synthesis.py)
-        self.label_context = label_context
+        # masks [2C,H,W]: every input channel's own labels, then their distances outside the brain (synthesis.py);
+        # [C,H,W] without the distances, which only synthesis needs (a 3-D distance per volume is costly)
+        self.label_context, self.label_distances = label_context, label_distances
         self._distances = OrderedDict()
         self.views = list(self.rows["view"])
         self.images, self.masks = list(self.rows["image"]), list(self.rows["mask"])
@@ -74,19 +75,20 @@ class SliceDataset(torch.utils.data.Dataset):
             x = np.stack([view_slice(volume, view, p) for p in planes])
             if self.label_context:
                 y = np.stack([view_slice(masks, view, p) for p in planes])
-                distance = self._distance(self.masks[i], masks)
-                distance = np.stack([view_slice(distance, view, p) for p in planes])
+                if self.label_distances:
+                    distance = self._distance(self.masks[i], masks)
+                    distance = np.stack([view_slice(distance, view, p) for p in planes])
             else:
                 y = view_slice(masks, view, z)
         else:
             paths = self.neighbours[i] if self.neighbours else [(self.images[i], self.masks[i])] * len(self.offsets())
             x = np.stack([self._array(image) for image, _ in paths])
             y = np.stack([self._array(mask) for _, mask in paths]) if self.label_context else self._array(self.masks[i])
-            if self.label_context:
+            if self.label_context and self.label_distances:
                 distance = np.stack([brain_distance(labels) for labels in y])
         x = torch.from_numpy(pad_slices(np.asarray(x, np.float32), self.frame, 0))
         y = pad_slices(np.asarray(y, np.uint8), self.frame, 2)
-        if self.label_context:
+        if self.label_context and self.label_distances:
             y = np.concatenate([y, pad_slices(distance, self.frame, FAR)])
         return x, torch.from_numpy(y)
 

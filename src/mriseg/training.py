@@ -215,11 +215,13 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     for key in ("synth", "thinning"):
         if not cfg.get(key):
             continue
-        # synthesis and thinning use each input channel's own labels: a copy, the caller's set stays as it was
+        # synthesis and thinning use each input channel's own labels (synthesis their distances too): a copy,
+        # the caller's set stays as it was
         train_set = copy.copy(train_set)
-        train_set.label_context = True
+        train_set.label_context, train_set.label_distances = True, bool(cfg.get("synth"))
         x0, y0 = train_set[0]
-        if y0.shape != (2 * x0.shape[0], *x0.shape[1:]):
+        rows = 2 if cfg.get("synth") else 1
+        if y0.shape != (rows * x0.shape[0], *x0.shape[1:]):
             raise SettingsError(f"train.{key}={cfg[key]} needs the labels of every input channel: train on a "
                                 "data.SliceDataset")
     if cfg.get("synth") and cfg.get("synth_atlas"):

@@ -210,8 +210,11 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
         raise SettingsError(f"train.context={context} needs {2 * context + 1} input channels, the data has {channels}")
 
     if cfg.get("thinning") and "csf" not in classes:
-        raise SettingsError(f"train.thinning={cfg['thinning']} turns cortex into CSF: it needs the CSF class "
-                            "(data.csf: intensity or labels)")
+        # Thinning turns cortex into CSF: three-class data (data.csf: none, a slice archive) trains without it.
+        if lead:
+            print(f"train.thinning={cfg['thinning']} skipped: the data has no CSF class to thin the cortex into "
+                  "(data.csf: none, or a slice archive)")
+        cfg = {**cfg, "thinning": 0.0}
     for key in ("synth", "thinning"):
         if not cfg.get(key):
             continue

@@ -68,6 +68,7 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         z = self.z[i]
+        with_distances = self.label_context and self.label_distances
         if z >= 0:
             volume, masks, view = self._array(self.images[i]), self._array(self.masks[i]), self.views[i]
             n = view_shape(volume.shape, view)[0]
@@ -75,7 +76,7 @@ class SliceDataset(torch.utils.data.Dataset):
             x = np.stack([view_slice(volume, view, p) for p in planes])
             if self.label_context:
                 y = np.stack([view_slice(masks, view, p) for p in planes])
-                if self.label_distances:
+                if with_distances:
                     distance = self._distance(self.masks[i], masks)
                     distance = np.stack([view_slice(distance, view, p) for p in planes])
             else:
@@ -84,11 +85,11 @@ class SliceDataset(torch.utils.data.Dataset):
             paths = self.neighbours[i] if self.neighbours else [(self.images[i], self.masks[i])] * len(self.offsets())
             x = np.stack([self._array(image) for image, _ in paths])
             y = np.stack([self._array(mask) for _, mask in paths]) if self.label_context else self._array(self.masks[i])
-            if self.label_context and self.label_distances:
+            if with_distances:
                 distance = np.stack([brain_distance(labels) for labels in y])
         x = torch.from_numpy(pad_slices(np.asarray(x, np.float32), self.frame, 0))
         y = pad_slices(np.asarray(y, np.uint8), self.frame, 2)
-        if self.label_context and self.label_distances:
+        if with_distances:
             y = np.concatenate([y, pad_slices(distance, self.frame, FAR)])
         return x, torch.from_numpy(y)
 

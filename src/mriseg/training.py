@@ -215,16 +215,16 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
             print(f"train.thinning={cfg['thinning']} skipped: the data has no CSF class to thin the cortex into "
                   "(data.csf: none, or a slice archive)")
         cfg = {**cfg, "thinning": 0.0}
-    for key in ("synth", "thinning"):
-        if not cfg.get(key):
-            continue
+    label_users = [key for key in ("synth", "thinning") if cfg.get(key)]
+    if label_users:
         # synthesis and thinning use each input channel's own labels (synthesis their distances too): a copy,
         # the caller's set stays as it was
+        distances = bool(cfg.get("synth"))
         train_set = copy.copy(train_set)
-        train_set.label_context, train_set.label_distances = True, bool(cfg.get("synth"))
+        train_set.label_context, train_set.label_distances = True, distances
         x0, y0 = train_set[0]
-        rows = 2 if cfg.get("synth") else 1
-        if y0.shape != (rows * x0.shape[0], *x0.shape[1:]):
+        if y0.shape != ((1 + distances) * x0.shape[0], *x0.shape[1:]):
+            key = label_users[0]
             raise SettingsError(f"train.{key}={cfg[key]} needs the labels of every input channel: train on a "
                                 "data.SliceDataset")
     if cfg.get("synth") and cfg.get("synth_atlas"):

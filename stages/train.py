@@ -73,7 +73,7 @@ def main(view):
           mirror=view in LEFT_RIGHT_VIEWS, timing_path=f"logs/train/{view}.tsv",
           artifact={"name": f"tissue-segmenter-{view}", "labels": [params["model"], view, "2.5d"],
                     "desc": f"the {view} view of the tissue-segmenter artifact (dvc.yaml)"}, atlas=atlas,
-          classes=meta["classes"], view=view)
+          classes=meta["classes"])
     return 0
 
 

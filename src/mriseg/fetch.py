@@ -4,6 +4,7 @@ Downloads stream to a temporary file with a progress bar, are checked against Co
 the optional sha256, and are renamed into place only when complete. Transient failures (5xx,
 connection reset or refused, truncated body) are retried with exponential backoff; 4xx are not.
 """
+import hashlib
 import http.client
 import shutil
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .errors import MrisegError
-from .io import atomic_path, sha256sum
+from .io import atomic_path
 from .sample import build_sample_archive
 
 RETRIES = 4
@@ -30,6 +31,14 @@ class FetchError(MrisegError):
 
 class _Transient(Exception):
     pass
+
+
+def sha256sum(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _download_once(url, tmp):

@@ -1,6 +1,5 @@
-"""Atomic file writes (a reader never sees a half-written output), and file digests."""
+"""Atomic file writes: a reader never sees a half-written output."""
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -49,11 +48,3 @@ def replace_dir(tmp_dir, dest):
         os.replace(dest, old)
     os.replace(tmp_dir, dest)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def sha256sum(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -53,8 +53,6 @@ def load_params(path="params.yaml"):
                 "share of training samples whose outer cortex is thinned to CSF; 0 = none")
     check_value(params, path, "train.bn_refit", False, lambda v: isinstance(v, bool), "true or false",
                 "with train.synth: BatchNorm statistics re-estimated on the real training slices after training")
-    check_value(params, path, "train.init", None, lambda v: v is None or (isinstance(v, str) and v != ""),
-                "null, shipped or the path of an mriseg model", "the network each view starts from")
     check_value(params, path, "train.processes", 1, lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1",
                 "processes training together under torchrun, one per GPU")
     check_value(params, path, "train.workers", "auto", lambda v: v == "auto" or whole(v), "auto or a whole number >= 0",

@@ -21,9 +21,9 @@ from .devices import (autocast, broadcast_from_rank0, broadcast_object, describe
                       join_processes, leave_processes, rank_and_world, sum_over_ranks, use_all_cores)
 from .errors import ParamsError
 from .evaluation import evaluate
-from .io import atomic_path, save_torch, sha256sum
+from .io import atomic_path, save_torch
 from .metrics import NUM_CLASSES, class_logits, compute_loss, confusion_matrix, scores, tutorial_iou
-from .models import SHIPPED_MODEL, FlipAveraged, build_model, read_checkpoint
+from .models import FlipAveraged, build_model
 
 
 # `train.recipe: tutorial` puts back every training choice of the reference tutorial in one setting.
@@ -110,28 +110,6 @@ def synchronised_batchnorm(model, device):
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else model
 
 
-def starting_weights(init, view, model_name, context, width, classes):
-    """train.init: (state_dict, {"path", "sha256"}) of the network that the view starts from (fine-tuning), or
-    (None, None) for a fresh one. init: "shipped" (the package's model), or the path of an mriseg model: a
-    bundle gives its network of this view, a single network itself. It must be the network train builds."""
-    if not init:
-        return None, None
-    path = SHIPPED_MODEL if init == "shipped" else Path(init)
-    ckpt = read_checkpoint(path)
-    if "views" in ckpt:
-        if view not in ckpt["views"]:
-            raise SettingsError(f"train.init: {path} has no {view} view (it holds {', '.join(ckpt['views'])})")
-        ckpt = ckpt["views"][view]
-    wanted = {"model": model_name, "context": context, "width": width, "classes": list(classes)}
-    found = {"model": ckpt.get("model"), "context": ckpt.get("context", 0), "width": ckpt.get("width", 16),
-             "classes": list(ckpt.get("classes", CLASS_NAMES[:3]))}
-    differ = [k for k in wanted if wanted[k] != found[k]]
-    if differ:
-        raise SettingsError(f"train.init: {path} is a network of {', '.join(f'{k} {found[k]}' for k in differ)}, "
-                            f"this training builds {', '.join(f'{k} {wanted[k]}' for k in differ)}")
-    return ckpt["state_dict"], {"path": str(init), "sha256": sha256sum(path)}
-
-
 def read_resume(path, fingerprint, epochs):
     """The resume file's state when it belongs to this training (same settings and data), else None. Under
     several processes only rank 0 reads it (its disk is the one written to) and every process gets its copy,
@@ -192,8 +170,7 @@ def train_epoch(step_model, feed, order, opt, cfg, augment_gen, mirror, device, 
 
 
 def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir=None, eval_batch_size=32,
-          extra=None, data_id="", mirror=True, timing_path=None, artifact=None, atlas=None, classes=CLASS_NAMES[:3],
-          view="axial"):
+          extra=None, data_id="", mirror=True, timing_path=None, artifact=None, atlas=None, classes=CLASS_NAMES[:3]):
     """Train `model_name` with the settings `cfg` (params.yaml's `train`, recipe applied: view_settings).
 
     train_set: a Dataset of (image [C,H,W] float32, mask [H,W] uint8), all of one shape (data.SliceDataset).
@@ -205,8 +182,7 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     artifact: DVCLive's log_artifact arguments (name, desc, labels) for the checkpoint, when live_dir is set.
     atlas: (m, 2C, H, W) labels and brain distances of extra anatomy that train.synth_atlas draws synthetic
     samples from (synthesis.atlas_slices, in train_set's frame). classes: the names of the classes the labels hold
-    (archive_metadata's: four with CSF, the first three without), one output of the network each. view: the
-    plane trained, whose network train.init's bundle gives (starting_weights).
+    (archive_metadata's: four with CSF, the first three without), one output of the network each.
     Wall-clock times go to timing_path (TSV: epoch, seconds, images_per_s) and nowhere else, so that a
     retrain with the same seed writes the same checkpoint and curves, byte for byte.
 
@@ -266,9 +242,6 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     feeds = make_feeds(cfg, train_set, eval_sets, device, world, eval_batch_size, channels_last)
     model = build_model(model_name, pretrained=cfg["pretrained"], stem_init=cfg.get("stem_init", "random"),
                         in_channels=channels, width=cfg.get("width", 16), num_classes=len(classes))
-    init_weights, init = starting_weights(cfg.get("init"), view, model_name, context, cfg.get("width", 16), classes)
-    if init_weights is not None:
-        model.load_state_dict(init_weights)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     epochs = cfg["epochs"]
@@ -337,7 +310,7 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
                 "classes": list(classes), "activation": activation, "loss": loss_name, "context": context,
                 "width": cfg.get("width", 16), "flip_tta": flip_tta,
                 "best_epoch": best["epoch"] or epochs, "history": history, "train": cfg,
-                "trained_on": describe_device(device), **({"init": init} if init else {}), **(extra or {})}
+                "trained_on": describe_device(device), **(extra or {})}
         finish(ckpt, out_path, resume_path, live, artifact)
     leave_processes()
     return ckpt

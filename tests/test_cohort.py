@@ -100,7 +100,8 @@ def test_valid_cohort_is_prepared(tmp_path, dest, folders):
     assert n_slices == sum(len(r["kept"]["axial"]) for r in meta["subjects"].values()) > 0
 
     written = sorted(p.relative_to(dest).as_posix() for p in (dest / "volumes").iterdir())
-    assert written == sorted(f"volumes/{s}.{kind}.npy" for s in SUBJECTS for kind in ("image", "labels", "native"))
+    assert written == sorted(f"volumes/{s}.{kind}.npy" for s in SUBJECTS
+                             for kind in ("image", "labels", "native", "traced"))
     for s in SUBJECTS:
         record = meta["subjects"][s]
         assert record["source"] == (f"{s}/{s}.nii.gz" if folders else f"{s}.nii.gz")
@@ -407,3 +408,20 @@ def test_real_ibsr_subjects_zipped_as_published(tmp_path):
         assert rec["native_shape"] == [256, 128, 256] and native.shape == (256, 128, 256)
         assert 120 < len(rec["kept"]["coronal"]) <= image.shape[1] and set(np.unique(native)) == {0, 1, 2, 3}
     assert n_slices == sum(len(meta["subjects"][s]["kept"]["axial"]) for s in meta["subjects"])
+
+
+def test_labels_as_traced_are_kept_beside_the_re_made_ones(tmp_path):
+    """data.csf intensity re-makes the CSF; the labels as traced (data.csf labels) stay beside them, on the
+    same grid, for scoring the change of convention; with data.csf labels there is nothing to keep."""
+    archive = cohort_zip(tmp_path / "cohort.zip", subjects=SUBJECTS, shape=SHAPE)
+    prepare(archive, tmp_path / "remade")
+    prepare(archive, tmp_path / "as-traced", csf="labels")
+    assert not list((tmp_path / "as-traced" / "volumes").glob("*.traced.npy"))
+    moved = 0
+    for s in SUBJECTS:
+        traced = np.load(tmp_path / "remade" / "volumes" / f"{s}.traced.npy")
+        remade = np.load(tmp_path / "remade" / "volumes" / f"{s}.native.npy")
+        assert np.array_equal(traced, np.load(tmp_path / "as-traced" / "volumes" / f"{s}.native.npy"))
+        assert np.array_equal(traced == 0, remade == 0)  # white matter never moves
+        moved += int((traced != remade).sum())
+    assert moved > 0, "the synthetic cohort has gray matter darker than halfway to CSF"

@@ -8,12 +8,17 @@ import sys
 import time
 import zipfile
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
 
 from conftest import ROOT, cohort_zip, make_project, make_tiny_archive, run, set_params
+from mriseg.labels import load_labels
+from mriseg.metrics import confusion_of, subject_scores
+from mriseg.volumes import load_volume
 
 STAGES = ("fetch", "unzip", "split", "train@axial", "bundle", "evaluate")  # a slice archive: one view
 VIEW_STAGES = ("train@axial", "train@coronal", "train@sagittal")
@@ -273,3 +278,12 @@ def test_evaluate_stage_and_predict_give_a_volume_the_same_dice(cohort_project, 
     for tissue in ("white_matter", "gray_matter"):
         assert predicted[f"dice_{tissue}"] == pytest.approx(subjects[f"dice_{tissue}"][0], abs=1e-6)
         assert predicted[f"{tissue}_ml"] == pytest.approx(subjects[f"{tissue}_ml"][0], rel=1e-6)
+    # Gray matter against the labels as traced (their own CSF, before data.csf re-made it), from the NIfTI files.
+    image = load_volume(tmp_path / f"{subject}.nii.gz")[1]
+    traced = load_labels([tmp_path / f"{subject}_seg.nii.gz"], "ibsr", tmp_path / f"{subject}.nii.gz", image, "labels")
+    mask = np.asanyarray(nib.load(tmp_path / "out" / f"{subject}_mask.nii.gz").dataobj)
+    want = subject_scores(confusion_of(mask, traced))
+    for key in ("dice_gray_matter", "volume_error_gray_matter"):
+        assert subjects[f"{key}_as_traced"][0] == pytest.approx(want[key], abs=1e-5)
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert "dice_gray_matter_as_traced" in metrics and "dice_gray_matter_as_traced" in metrics["views"]["axial"]

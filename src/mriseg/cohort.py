@@ -18,6 +18,8 @@ default re-made from the image, so that gray matter holds no sulcal CSF). Writte
     volumes/<subject>.image.npy   float32 (X, Y, Z) working volume; every view reads its slices (mmap)
     volumes/<subject>.labels.npy  uint8, same shape
     volumes/<subject>.native.npy  uint8 labels on the image's own voxel grid, for 3-D scoring
+    volumes/<subject>.traced.npy  uint8, the same with the labels' own CSF (data.csf labels), where data.csf
+                                  re-made it (intensity): scored beside, so that the change of convention shows
     volumes/<subject>.brainmask.npy  uint8, the extracted brain on the image's own grid, where data.skull_strip
                                   extracted it (mriseg.json says per subject what was decided); scoring
                                   sets tissue outside it to background, as mriseg predict does
@@ -38,7 +40,7 @@ from .archive import IMAGE_DIR, ArchiveError, _check_entry, _ignored, _read, sav
 from .errors import MrisegError
 from .extraction import find_brain, voxel_ml_of
 from .io import replace_dir
-from .labels import CSF_RULES, SourceError, parse_labels
+from .labels import CSF_RULES, SourceError, load_labels, parse_labels
 from .scans import find_subjects, tissue_slices, volume_header, working_volumes
 from .volumes import NORMALIZATION, VIEWS, VolumeError, crop_to_foreground, is_volume, load_volume, to_slices
 
@@ -130,6 +132,8 @@ def _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb, skull_s
         kept = {view: tissue_slices(to_slices(mask, view), min_tissue) for view in VIEWS}
         arrays = [("image", image.astype(np.float32)), ("labels", mask), ("native", native)]
         arrays += [("brainmask", brain.astype(np.uint8))] if brain is not None else []
+        if csf == "intensity":  # the labels as their tracers drew them (IBSR: gray matter with the sulcal CSF)
+            arrays += [("traced", load_labels(label_paths, labels, image_path, img3, "labels"))]
         for kind, array in arrays:
             save_hashed(out, f"{LAYOUT}/{subject}.{kind}.npy", array, hashes)
         records[subject] = {"source": image_path.relative_to(raw).as_posix(), "shape": list(image.shape),

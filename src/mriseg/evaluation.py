@@ -57,9 +57,15 @@ def score(model, ckpt, dataset, batch_size, device, with_confusion=False):
     return (metrics, r["confusion"]) if with_confusion else metrics
 
 
+# Scored against the labels as traced too, where data.csf re-made their CSF (IBSR's gray matter holds the
+# sulcal CSF): a model of the field's convention scores lower there, and that gap is the convention's.
+AS_TRACED = ("dice_gray_matter", "volume_error_gray_matter")
+
+
 def cohort_subject_scores(predictor, root, subjects):
     """Each subject of an unzipped cohort (cohort.py) predicted as `mriseg predict` predicts a volume (every
-    view, probabilities averaged, back on its own voxel grid) and scored against its manual labels there.
+    view, probabilities averaged, back on its own voxel grid) and scored against its manual labels there
+    (and against the labels as traced: AS_TRACED, `<key>_as_traced`, where the unzip stage re-made their CSF).
     Returns (rows of the aggregate, {view: rows of that view alone} when there are several views)."""
     import nibabel as nib
 
@@ -76,13 +82,19 @@ def cohort_subject_scores(predictor, root, subjects):
         work_affine = np.array(rec["work_affine"])
         brain = root / "volumes" / f"{subject}.brainmask.npy"  # data.skull_strip extracted this head
         brain = np.load(brain).astype(bool) if brain.exists() else None
+        traced = root / "volumes" / f"{subject}.traced.npy"  # the labels before data.csf re-made their CSF
+        traced = np.load(traced) if traced.exists() else None
 
         def scored(probs, view):  # slices: what that view cuts (the first view's for the aggregate)
             pred = predictor.on_input_grid(probs, work_affine, reference)
             if brain is not None:
                 pred[~brain] = 2  # as mriseg predict: tissue outside the extracted brain is background
-            return {"subject": subject, "slices": view_shape(volume.shape, view.axis)[0],
-                    **subject_scores(confusion_of(pred, truth), rec["native_voxel_ml"])}
+            row = {"subject": subject, "slices": view_shape(volume.shape, view.axis)[0],
+                   **subject_scores(confusion_of(pred, truth), rec["native_voxel_ml"])}
+            if traced is not None:
+                as_traced = subject_scores(confusion_of(pred, traced))
+                row.update({f"{key}_as_traced": as_traced[key] for key in AS_TRACED})
+            return row
 
         each = (lambda view, probs: view_rows[view.name].append(scored(probs, view))) if view_rows else None
         rows.append(scored(predictor.volume_probabilities(volume, each), predictor.views[0]))

@@ -88,6 +88,8 @@ def evaluate_archive(checkpoint, archive, device="auto", batch_size=32, labels=N
 def format_table(result):
     columns = ["slices", "iou", "dice_white_matter", "dice_gray_matter", "iou_white_matter", "iou_gray_matter",
                "volume_error_white_matter", "volume_error_gray_matter"]
+    columns += [k for k in ("dice_csf", "volume_error_csf", "dice_gray_matter_as_traced",
+                            "volume_error_gray_matter_as_traced") if k in result["overall"]]
     table = pd.DataFrame({**result["subjects"], "all": result["overall"]}).T.reindex(columns=columns)
     table["slices"] = table["slices"].astype(int)
     return table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="")

@@ -146,7 +146,7 @@ def test_preparing_again_replaces_dest_and_leaves_nothing_behind(tmp_path, dest)
     assert listing(dest.parent) == ["MRIs"]
     assert sorted(json.loads((dest / "mriseg.json").read_text())["subjects"]) == ["t01"]
     assert sorted(p.name for p in (dest / "volumes").iterdir()) == ["t01.image.npy", "t01.labels.npy",
-                                                                    "t01.native.npy"]
+                                                                    "t01.native.npy", "t01.traced.npy"]
 
 
 # 2. unreadable / truncated ------------------------------------------------------------------------------

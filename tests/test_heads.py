@@ -58,17 +58,23 @@ def test_flags_say_what_to_look_at():
     assert cohort_flags(ratios[:4]) == [""] * 4, "fewer than 5 volumes: no cohort to judge against"
 
 
-class TightExtractor:
-    """An extractor whose outline lies two voxels inside the input's brain (deepbet's is often tighter or looser
-    than the tool that stripped a brain before)."""
+class OutlineExtractor:
+    """An extractor whose outline lies `shift` voxels outside (> 0) or inside (< 0) the input's brain, its holes
+    filled as deepbet's are (deepbet's is often tighter or looser than the tool that stripped a brain before)."""
+
+    def __init__(self, shift):
+        self.shift = shift
 
     def mask(self, img3, path):
         from scipy import ndimage
 
-        return ndimage.binary_erosion(np.asanyarray(img3.dataobj) != 0, iterations=2)
+        brain = ndimage.binary_fill_holes(np.asanyarray(img3.dataobj) != 0)
+        grow = ndimage.binary_dilation if self.shift > 0 else ndimage.binary_erosion
+        return grow(brain, iterations=abs(self.shift))
 
 
-def test_an_input_extracted_before_keeps_its_own_brain_for_brain_ml_and_icv():
+@pytest.mark.parametrize("shift, side", [(2, 20), (-2, 16)])
+def test_an_input_extracted_before_is_measured_in_its_voxels_within_the_extracted_brain(shift, side):
     from mriseg.extraction import find_brain
     from mriseg.segment import tissue_volumes
 
@@ -76,12 +82,13 @@ def test_an_input_extracted_before_keeps_its_own_brain_for_brain_ml_and_icv():
     image[5:25, 5:25, 5:25] = 100.0
     image[14, 14, 14] = 0.0  # a dark voxel inside the brain belongs to it
     img3 = nib.Nifti1Image(image, np.diag([1.2, 1.2, 1.2, 1.0]))
-    brain, decided = find_brain(TightExtractor(), img3, "stripped.nii.gz", "auto")
+    brain, decided = find_brain(OutlineExtractor(shift), img3, "stripped.nii.gz", "auto")
     assert decided == "already extracted"
-    assert brain.sum() == 20**3, "the input's own extent, its hole filled, not the extractor's outline"
+    assert brain.sum() == side**3, "a looser outline adds no voxel the input lacks; a tighter one cuts its rim"
     labels = np.where(image != 0, 1, 2).astype(np.uint8)  # every voxel of the given brain segmented as tissue
+    labels[~brain] = 2  # as segment_image measures it
     row = tissue_volumes(labels, brain, img3, with_csf=True)
-    assert row["brain_ml"] == pytest.approx(20**3 * 1.2**3 / 1000)
+    assert row["brain_ml"] == pytest.approx(side**3 * 1.2**3 / 1000)
     assert row["gray_matter_ml"] <= row["brain_ml"] and row["icv_ml"] == pytest.approx(row["brain_ml"])
 
 
@@ -158,13 +165,15 @@ def test_a_head_gets_a_brain_mask_a_brain_volume_and_no_tissue_outside_the_brain
 
 @needs_heads
 @pytest.mark.slow
-def test_auto_leaves_an_extracted_ibsr_subject_as_it_was(checkpoint, tmp_path):
+def test_auto_leaves_an_extracted_ibsr_subject_as_it_was_within_the_brain(checkpoint, tmp_path):
     ibsr = ROOT.parent / "shared" / "data" / "ibsr18-dev" / "IBSR_07.nii.gz"
     for mode in ("auto", "no"):
         r = mriseg("predict", "--model", checkpoint, "--skull-strip", mode, "--out", tmp_path / mode, ibsr)
         assert r.returncode == 0, r.stderr
     auto, plain = (np.asanyarray(nib.load(tmp_path / m / "IBSR_07_mask.nii.gz").dataobj) for m in ("auto", "no"))
-    assert np.array_equal(auto, plain)
+    brain = np.asanyarray(nib.load(tmp_path / "auto" / "IBSR_07_brainmask.nii.gz").dataobj).astype(bool)
+    assert np.array_equal(auto[brain], plain[brain]), "inside the extracted brain the labels are those of no"
+    assert (auto[~brain] == 2).all() and ((plain != 2) & ~brain).sum() < 0.005 * (plain != 2).sum()
     assert pd.read_csv(tmp_path / "auto" / "volumes.csv")["skull_strip"][0] == "already extracted"
 
 

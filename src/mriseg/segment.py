@@ -103,8 +103,8 @@ def segment_image(predictor, extractor, img3, path, skull_strip):
     labels): strip_skull, then the views."""
     seen, brain, stripped = strip_skull(extractor, img3, path, skull_strip)
     labels, shown, shown_labels = predictor.predict_image(seen)
-    if stripped == "extracted":
-        labels[~brain] = 2  # tissue outside the brain is background
+    if brain is not None:
+        labels[~brain] = 2  # tissue outside the brain is background (also where it was extracted before)
     return labels, brain, stripped, shown, shown_labels
 
 

@@ -171,3 +171,18 @@ def nifti_gz_bytes(img):
     import gzip
 
     return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
+
+
+class OutlineExtractor:
+    """An extractor whose outline lies `shift` voxels outside (> 0) or inside (< 0) the input's brain, its holes
+    filled as deepbet's are (deepbet's is often tighter or looser than the tool that stripped a brain before)."""
+
+    def __init__(self, shift):
+        self.shift = shift
+
+    def mask(self, img3, path):
+        from scipy import ndimage
+
+        brain = ndimage.binary_fill_holes(np.asanyarray(img3.dataobj) != 0)
+        grow = ndimage.binary_dilation if self.shift > 0 else ndimage.binary_erosion
+        return grow(brain, iterations=abs(self.shift))

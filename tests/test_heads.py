@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, mriseg
+from conftest import ROOT, OutlineExtractor, mriseg
 from mriseg.extraction import BrainExtractor, already_extracted
 from mriseg.labels import load_labels
 from mriseg.qc import cohort_flags, volume_flags
@@ -56,21 +56,6 @@ def test_flags_say_what_to_look_at():
     ratios = [1.50, 1.55, 1.60, 1.52, 1.58, 3.10]
     assert [bool(f) for f in cohort_flags(ratios)] == [False] * 5 + [True]
     assert cohort_flags(ratios[:4]) == [""] * 4, "fewer than 5 volumes: no cohort to judge against"
-
-
-class OutlineExtractor:
-    """An extractor whose outline lies `shift` voxels outside (> 0) or inside (< 0) the input's brain, its holes
-    filled as deepbet's are (deepbet's is often tighter or looser than the tool that stripped a brain before)."""
-
-    def __init__(self, shift):
-        self.shift = shift
-
-    def mask(self, img3, path):
-        from scipy import ndimage
-
-        brain = ndimage.binary_fill_holes(np.asanyarray(img3.dataobj) != 0)
-        grow = ndimage.binary_dilation if self.shift > 0 else ndimage.binary_erosion
-        return grow(brain, iterations=abs(self.shift))
 
 
 @pytest.mark.parametrize("shift, side", [(2, 20), (-2, 16)])

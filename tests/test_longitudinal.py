@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, mriseg, synthetic_volume
+from conftest import ROOT, OutlineExtractor, mriseg, synthetic_volume
 from mriseg.registration import halfway, rigid_register
 from mriseg.rescan import rescan
 
@@ -113,3 +113,19 @@ def test_a_rescan_changes_little_and_a_known_cortical_loss_shows_in_change_csv(t
     assert abs(same["gray_matter_change_pct"]) < 1.0
     assert same["icv_ml_from"] == same["icv_ml_to"]
     assert 0.3 * lost_ml < -atrophied["gray_matter_change_ml"] < 1.2 * lost_ml, (atrophied["gray_matter_change_ml"], lost_ml)
+
+
+def test_sessions_extracted_before_are_seen_whole_and_measured_within_the_extracted_brain():
+    from mriseg.longitudinal import one_brain
+
+    sessions = []
+    for hole in ((14, 14, 14), (15, 15, 15)):
+        image = np.zeros((30, 30, 30), np.float32)
+        image[5:25, 5:25, 5:25] = 100.0
+        image[hole] = 0.0
+        sessions.append(nib.Nifti1Image(image, np.eye(4)))
+    brain, extent, decided = one_brain(OutlineExtractor(-2), sessions, "sub-01", "auto")
+    assert decided == "already extracted"
+    assert extent.sum() == 20**3, "the views see every voxel the sessions hold, holes filled"
+    assert brain.sum() == 16**3 and not (brain & ~extent).any(), "measured within the extracted brain"
+    assert one_brain(None, sessions, "sub-01", "no")[0].sum() == 20**3

@@ -82,20 +82,21 @@ def common_space(images):
 
 
 def one_brain(extractor, resampled, name, skull_strip):
-    """(the brain mask every session is measured in, the skull_strip decision): extracted from the sessions'
-    mean; where they were extracted already (auto) or are not to be (no), the voxels every session holds."""
+    """(the brain mask every session is measured in, the extent the views see of each, the skull_strip
+    decision): the brain extracted from the sessions' mean, seen as masked; where they were extracted already
+    (auto), the voxels every session holds, measured within the extracted brain (as segment.segment_image
+    measures them); where they are not to be (no), those voxels for both."""
     import nibabel as nib
     from scipy import ndimage
 
     from .extraction import find_brain
 
-    brain, decided = None, "no"
-    if extractor is not None:
-        mean = np.mean([np.asarray(im.dataobj) for im in resampled], axis=0)
-        brain, decided = find_brain(extractor, nib.Nifti1Image(mean, resampled[0].affine), name, skull_strip)
-    if decided != "extracted":
-        brain = ndimage.binary_fill_holes(np.logical_and.reduce([np.asarray(im.dataobj) > 0 for im in resampled]))
-    return brain, decided
+    common = ndimage.binary_fill_holes(np.logical_and.reduce([np.asarray(im.dataobj) > 0 for im in resampled]))
+    if extractor is None:
+        return common, common, "no"
+    mean = np.mean([np.asarray(im.dataobj) for im in resampled], axis=0)
+    brain, decided = find_brain(extractor, nib.Nifti1Image(mean, resampled[0].affine), name, skull_strip)
+    return (brain, brain, decided) if decided == "extracted" else (common & brain, common, decided)
 
 
 def segment_sessions(predictor, extractor, images, name, skull_strip="auto"):
@@ -106,10 +107,10 @@ def segment_sessions(predictor, extractor, images, name, skull_strip="auto"):
     from .registration import resample_into
 
     resampled = [resample_into(image, t, images[0]) for image, t in zip(images, common_space(images))]
-    brain, decided = one_brain(extractor, resampled, name, skull_strip)
+    brain, extent, decided = one_brain(extractor, resampled, name, skull_strip)
     labels = []
     for image in resampled:
-        seen = nib.Nifti1Image(np.where(brain, np.asarray(image.dataobj), 0), image.affine)
+        seen = nib.Nifti1Image(np.where(extent, np.asarray(image.dataobj), 0), image.affine)
         each = predictor.predict_image(seen)[0]
         each[~brain] = 2  # measured in the one brain mask
         labels.append(each)

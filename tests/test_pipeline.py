@@ -285,5 +285,6 @@ def test_evaluate_stage_and_predict_give_a_volume_the_same_dice(cohort_project, 
     want = subject_scores(confusion_of(mask, traced))
     for key in ("dice_gray_matter", "volume_error_gray_matter"):
         assert subjects[f"{key}_as_traced"][0] == pytest.approx(want[key], abs=1e-5)
+        assert predicted[f"{key}_as_traced"] == pytest.approx(want[key], abs=1e-5), "predict --labels reports it too"
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     assert "dice_gray_matter_as_traced" in metrics and "dice_gray_matter_as_traced" in metrics["views"]["axial"]

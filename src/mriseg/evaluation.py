@@ -15,8 +15,8 @@ import torch
 
 from .data import Feed
 from .devices import autocast, rank_and_world, sum_over_ranks
-from .metrics import (NUM_CLASSES, class_logits, compute_loss, confusion_matrix, confusion_of, scores,
-                      subject_scores, tutorial_iou)
+from .metrics import (NUM_CLASSES, as_traced_scores, class_logits, compute_loss, confusion_matrix, confusion_of,
+                      scores, subject_scores, tutorial_iou)
 
 SUBJECT_COLUMNS = ["subject", "slices", "dice_white_matter", "dice_gray_matter", "iou_white_matter",
                    "iou_gray_matter", "volume_error_white_matter", "volume_error_gray_matter",
@@ -57,15 +57,10 @@ def score(model, ckpt, dataset, batch_size, device, with_confusion=False):
     return (metrics, r["confusion"]) if with_confusion else metrics
 
 
-# Scored against the labels as traced too, where data.csf re-made their CSF (IBSR's gray matter holds the
-# sulcal CSF): a model of the field's convention scores lower there, and that gap is the convention's.
-AS_TRACED = ("dice_gray_matter", "volume_error_gray_matter")
-
-
 def cohort_subject_scores(predictor, root, subjects):
     """Each subject of an unzipped cohort (cohort.py) predicted as `mriseg predict` predicts a volume (every
     view, probabilities averaged, back on its own voxel grid) and scored against its manual labels there
-    (and against the labels as traced: AS_TRACED, `<key>_as_traced`, where the unzip stage re-made their CSF).
+    (and against the labels as traced: metrics.as_traced_scores, where the unzip stage re-made their CSF).
     Returns (rows of the aggregate, {view: rows of that view alone} when there are several views)."""
     import nibabel as nib
 
@@ -92,8 +87,7 @@ def cohort_subject_scores(predictor, root, subjects):
             row = {"subject": subject, "slices": view_shape(volume.shape, view.axis)[0],
                    **subject_scores(confusion_of(pred, truth), rec["native_voxel_ml"])}
             if traced is not None:
-                as_traced = subject_scores(confusion_of(pred, traced))
-                row.update({f"{key}_as_traced": as_traced[key] for key in AS_TRACED})
+                row.update(as_traced_scores(pred, traced))
             return row
 
         each = (lambda view, probs: view_rows[view.name].append(scored(probs, view))) if view_rows else None

@@ -100,3 +100,14 @@ def class_logits(logits, activation):
         return logits
     logp = logits.log_softmax(dim=1)
     return logp - torch.log1p(-logp.exp().clamp(max=1 - 1e-6))
+
+
+# Scored against the labels as traced too, where data.csf re-made their CSF (IBSR's gray matter holds the
+# sulcal CSF): a model of the field's convention scores lower there, and that gap is the convention's.
+AS_TRACED = ("dice_gray_matter", "volume_error_gray_matter")
+
+
+def as_traced_scores(pred, traced):
+    """{`<key>_as_traced`: score} of a prediction against the labels as their tracers drew them (AS_TRACED)."""
+    scored = subject_scores(confusion_of(pred, traced))
+    return {f"{key}_as_traced": scored[key] for key in AS_TRACED}

@@ -26,7 +26,7 @@ VOLUME_COLUMNS = ["file", "subject", "session", "white_matter_voxels", "gray_mat
 # With --labels: the manual segmentation beside each volume, on the input's own grid (CSF where it holds any).
 REFERENCE_COLUMNS = ["manual_white_matter_ml", "manual_gray_matter_ml", "manual_csf_ml", "dice_white_matter",
                      "dice_gray_matter", "dice_csf", "volume_error_white_matter", "volume_error_gray_matter",
-                     "volume_error_csf"]
+                     "volume_error_csf", "dice_gray_matter_as_traced", "volume_error_gray_matter_as_traced"]
 
 
 def tissue_counts(labels):
@@ -54,15 +54,18 @@ def tissue_volumes(labels, brain, img, with_csf):
 
 def compare_with_reference(pred, image_path, img3, labels, voxel_ml, csf):
     """Manual volumes (ml), Dice and volume error of the prediction against the label volume(s) beside the
-    image, their CSF drawn by the model's data.csf rule `csf`: the evaluate stage's per-subject scores."""
+    image, their CSF drawn by the model's data.csf rule `csf`: the evaluate stage's per-subject scores (with
+    those against the labels as traced where the rule re-made their CSF)."""
     from .labels import label_paths_of, load_labels
-    from .metrics import confusion_of, subject_scores
+    from .metrics import as_traced_scores, confusion_of, subject_scores
 
     refs = label_paths_of(image_path, labels)
     if not refs:
         return None
     truth = load_labels(refs, labels, image_path, img3, csf).reshape(pred.shape)
     row = subject_scores(confusion_of(pred, truth), voxel_ml)
+    if csf == "intensity":
+        row.update(as_traced_scores(pred, load_labels(refs, labels, image_path, img3, "labels").reshape(pred.shape)))
     return {k: row[k] for k in REFERENCE_COLUMNS if k in row}
 
 

@@ -262,7 +262,8 @@ def test_one_views_params_rerun_only_that_view_and_weights_only_the_bundle(cohor
 
 def test_evaluate_stage_and_predict_give_a_volume_the_same_dice(cohort_project, tmp_path):
     """A test subject scored by the evaluate stage (from the preprocessed cohort) and by `mriseg predict
-    --labels` (from the original NIfTI files in the zip): the same prediction on the same grid."""
+    --labels --skull-strip no` (from the original NIfTI files in the zip; the pipeline's data.skull_strip is no,
+    and auto would measure an extracted input within deepbet's outline): the same prediction on the same grid."""
     project, archive = cohort_project
     subjects = pd.read_csv(project / "reports" / "subjects.csv")
     subjects = subjects[subjects["scored"] == "aggregate"].reset_index(drop=True)
@@ -271,7 +272,8 @@ def test_evaluate_stage_and_predict_give_a_volume_the_same_dice(cohort_project, 
         for name in (f"{subject}.nii.gz", f"{subject}_seg.nii.gz"):
             (tmp_path / name).write_bytes(zf.read(f"{subject}/{name}"))
     r = subprocess.run([sys.executable, "-m", "mriseg", "predict", "--model", project / "models" / "model.pt",
-                        "--out", tmp_path / "out", "--labels", "ibsr", "--device", "cpu", tmp_path / f"{subject}.nii.gz"],
+                        "--out", tmp_path / "out", "--labels", "ibsr", "--skull-strip", "no", "--device", "cpu",
+                        tmp_path / f"{subject}.nii.gz"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     predicted = pd.read_csv(tmp_path / "out" / "volumes.csv").iloc[0]

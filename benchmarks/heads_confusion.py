@@ -19,6 +19,7 @@ def main():
     from mriseg.devices import cpu_name
     from mriseg.extraction import BrainExtractor, voxel_ml_of
     from mriseg.labels import load_labels
+    from mriseg.metrics import confusion_of
     from mriseg.models import SHIPPED_MODEL
     from mriseg.prediction import Predictor
     from mriseg.volumes import load_volume
@@ -34,9 +35,9 @@ def main():
         img3 = load_volume(SHARED / image)[1]
         truth = load_labels([SHARED / seg], "freesurfer-aseg", SHARED / image, img3)
         labels = segment(predictor, extractor, img3, name, "auto")[0]
-        ml = voxel_ml_of(img3)
+        counts, ml = confusion_of(labels, truth), voxel_ml_of(img3)  # counts[true, predicted]
         for t, tname in NAMES.items():
-            cells = " | ".join(f"{((truth == t) & (labels == p)).sum() * ml:.0f}" for p in NAMES)
+            cells = " | ".join(f"{int(counts[t, p]) * ml:.0f}" for p in NAMES)
             print(f"| {name} | {tname} | {cells} |")
 
 

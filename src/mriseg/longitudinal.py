@@ -91,12 +91,14 @@ def one_brain(extractor, resampled, name, skull_strip):
 
     from .extraction import find_brain
 
+    brain, decided = None, "no"
+    if extractor is not None:
+        mean = np.mean([np.asarray(im.dataobj) for im in resampled], axis=0)
+        brain, decided = find_brain(extractor, nib.Nifti1Image(mean, resampled[0].affine), name, skull_strip)
+        if decided == "extracted":
+            return brain, brain, decided
     common = ndimage.binary_fill_holes(np.logical_and.reduce([np.asarray(im.dataobj) > 0 for im in resampled]))
-    if extractor is None:
-        return common, common, "no"
-    mean = np.mean([np.asarray(im.dataobj) for im in resampled], axis=0)
-    brain, decided = find_brain(extractor, nib.Nifti1Image(mean, resampled[0].affine), name, skull_strip)
-    return (brain, brain, decided) if decided == "extracted" else (common & brain, common, decided)
+    return (common if brain is None else common & brain), common, decided
 
 
 def segment_sessions(predictor, extractor, images, name, skull_strip="auto"):

@@ -3,10 +3,11 @@ without train.synth, over seeds x folds, each model scored in one table on the I
 out (as the evaluate stage scores them), the freesurfer-dev heads (as `mriseg predict --skull-strip auto`
 segments them) and the MNI152 template (benchmarks/any_scanner.py's inputs). Each synthetic run is scored
 twice: BatchNorm's statistics as training left them (train.bn_refit false) and re-estimated on the real
-training slices (training.refit_batchnorm, exactly what bn_refit true does after the same training).
+training slices (training.refit_batchnorm, exactly what bn_refit true does after the same training). With
+--norm group the networks have GroupNorm instead (train.norm), which has no statistics to refit.
 
     python benchmarks/synthesis_seeds.py --archive ibsr18-dev.zip --workdir /tmp/seeds \
-        [--view sagittal] [--epochs 5] [--seeds 0 1] [--folds 0 1] [--synth 0 0.5] [--out table.md]
+        [--view sagittal] [--epochs 5] [--seeds 0 1] [--folds 0 1] [--synth 0 0.5] [--norm batch] [--out table.md]
 
 The workdir is a clone of this repository (git and dvc); each run edits its params.yaml and runs
 `dvc repro bundle` there.
@@ -39,11 +40,11 @@ def prepare(workdir):
         subprocess.run(["dvc", "config", "--local", "core.autostage", "false"], cwd=workdir, check=True)
 
 
-def set_params(workdir, archive, view, epochs, seed, fold, synth):
+def set_params(workdir, archive, view, epochs, seed, fold, synth, norm):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["archive"] = str(archive)
     params["split"].update({"folds": 5, "fold": fold, "test_size": 0.2})
-    params["train"].update({"epochs": epochs, "seed": seed, "synth": synth, "bn_refit": False})
+    params["train"].update({"epochs": epochs, "seed": seed, "synth": synth, "bn_refit": False, "norm": norm})
     params["views"] = {view: {}}
     params["aggregate"]["weights"] = {view: 1.0}
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -95,6 +96,7 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--synth", type=float, nargs="+", default=[0.0, 0.5])
+    p.add_argument("--norm", default="batch", choices=["batch", "group"], help="train.norm of every run")
     p.add_argument("--out", help="also write the table here (markdown)")
     args = p.parse_args()
     workdir, archive = Path(args.workdir).resolve(), Path(args.archive).resolve()
@@ -107,18 +109,19 @@ def main():
     for fold in args.folds:
         for seed in args.seeds:
             for synth in args.synth:
-                name = f"fold{fold}-seed{seed}-synth{synth:g}"
-                params = set_params(workdir, archive, args.view, args.epochs, seed, fold, synth)
+                name = f"fold{fold}-seed{seed}-synth{synth:g}" + ("-groupnorm" if args.norm == "group" else "")
+                params = set_params(workdir, archive, args.view, args.epochs, seed, fold, synth, args.norm)
                 t0 = time.perf_counter()
                 subprocess.run(["dvc", "repro", "bundle"], cwd=workdir, check=True)
                 minutes = (time.perf_counter() - t0) / 60
                 shutil.copy(workdir / "models/model.pt", models / f"{name}.pt")
-                arm = "synth 0" if not synth else f"synth {synth:g}, BatchNorm as trained"
+                arm = (f"synth {synth:g}, GroupNorm" if args.norm == "group" else
+                       "synth 0" if not synth else f"synth {synth:g}, BatchNorm as trained")
                 variants = [(arm, models / f"{name}.pt")]
                 cwd = os.getcwd()
                 os.chdir(workdir)
                 try:
-                    if synth:
+                    if synth and args.norm == "batch":
                         refitted(models / f"{name}.pt", models / f"{name}-refit.pt", params)
                         variants.append((f"synth {synth:g}, BatchNorm refit", models / f"{name}-refit.pt"))
                     for arm, path in variants:
@@ -136,7 +139,8 @@ def write_table(rows, args, params):
     fmt = lambda v: f"{v:.4f}"
     lines = ["# Synthesis decided with seeds: synth 0 against the mended generator", "",
              f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}. Commit {commit()}. "
-             f"`benchmarks/synthesis_seeds.py`: the {args.view} view alone, {args.epochs} epochs, folds "
+             f"`benchmarks/synthesis_seeds.py`: the {args.view} view alone, {args.epochs} epochs, train.norm "
+             f"{args.norm}, folds "
              f"{args.folds} of 5 (IBSR18's 10 development subjects; 8 train, 2 held out), seeds {args.seeds}. IBSR: "
              "Dice on the fold's held-out subjects (evaluate stage's scoring); heads: the freesurfer-dev subjects "
              "through `--skull-strip auto` against FreeSurfer's labels; MNI152: the template against its tissue "

@@ -179,6 +179,28 @@ def test_checkpoint_rebuilds_the_trained_width(tmp_path):
                  meta["activation"])["iou"], abs=1e-6)
 
 
+def test_groupnorm_checkpoint_rebuilds_its_layers_and_scores_as_trained(tmp_path):
+    """train.norm group: no BatchNorm anywhere (no batch statistics carried to prediction), the checkpoint
+    says so and predicts as its last epoch was scored; a BatchNorm network cannot take its weights."""
+    ckpt = run_train(tmp_path, "gn", epochs=2, width=8, norm="group")
+    model, meta = load_checkpoint(tmp_path / "gn.pt")
+    kinds = {type(m) for m in model.modules()}
+    assert meta["norm"] == "group" and torch.nn.GroupNorm in kinds and torch.nn.BatchNorm2d not in kinds
+    assert ckpt["history"][-1]["test_iou"] == pytest.approx(
+        evaluate(model, Feed(dataset(TEST), 32, CPU, channels_last=True), CPU, True, meta["loss"],
+                 meta["activation"])["iou"], abs=1e-6)
+    with pytest.raises(RuntimeError, match="running_mean"):
+        UNet(1, 4, width=8).load_state_dict(ckpt["state_dict"])
+
+
+@pytest.mark.parametrize("text, message", [("model: unet\ntrain:\n  norm: layer\n", r"train.norm must be one of"),
+                                           ("model: resnet\ntrain:\n  norm: group\n", r"train.norm 'group' needs model: unet")])
+def test_bad_norm_is_one_clear_line(tmp_path, text, message):
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ParamsError, match=message):
+        load_params(tmp_path / "params.yaml")
+
+
 @pytest.mark.parametrize("key, value, minimum", [("width", 0, 1), ("width", 2.5, 1), ("width", True, 1),
                                                  ("width", "wide", 1), ("context", -1, 0), ("context", 1.0, 0)])
 def test_bad_whole_number_is_one_clear_line(tmp_path, key, value, minimum):

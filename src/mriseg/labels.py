@@ -165,9 +165,9 @@ def remake_csf(classes, image, zooms=(1.0, 1.0, 1.0)):
     return np.where(darker & ((classes == GRAY) | unlabelled), CSF, classes).astype(np.uint8)
 
 
-def load_labels(label_paths, labels, image_path, img3, csf="labels"):
-    """The label volume(s) of an image mapped to mriseg's classes on the image's own grid, CSF by data.csf's
-    rule `csf` (CSF_RULES)."""
+def read_labels(label_paths, labels, image_path, img3):
+    """The label volume(s) of an image mapped to mriseg's classes on the image's own grid, as their tracers
+    drew them (data.csf labels)."""
     label_imgs = [load_volume(p)[1] for p in label_paths]
     for p, lab in zip(label_paths, label_imgs):
         if lab.shape != img3.shape or not np.allclose(lab.affine, img3.affine, atol=1e-3):
@@ -175,12 +175,22 @@ def load_labels(label_paths, labels, image_path, img3, csf="labels"):
                               "(shape and affine must be equal)")
     volumes = [np.asanyarray(x.dataobj) for x in label_imgs]
     check_label_values(volumes, labels, label_paths)
-    zooms = img3.header.get_zooms()[:3]
-    classes = map_labels(volumes, labels, zooms)
+    return map_labels(volumes, labels, img3.header.get_zooms()[:3])
+
+
+def with_csf_rule(classes, image_path, img3, csf):
+    """read_labels' classes with CSF by data.csf's rule `csf` (CSF_RULES)."""
     try:
-        return apply_csf_rule(classes, np.asanyarray(img3.dataobj) if csf == "intensity" else None, csf, zooms)
+        return apply_csf_rule(classes, np.asanyarray(img3.dataobj) if csf == "intensity" else None, csf,
+                              img3.header.get_zooms()[:3])
     except SourceError as e:
         raise SourceError(f"{image_path}: {e}") from None
+
+
+def load_labels(label_paths, labels, image_path, img3, csf="labels"):
+    """The label volume(s) of an image mapped to mriseg's classes on the image's own grid, CSF by data.csf's
+    rule `csf` (CSF_RULES)."""
+    return with_csf_rule(read_labels(label_paths, labels, image_path, img3), image_path, img3, csf)
 
 
 def is_label_file(path):

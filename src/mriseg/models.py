@@ -13,8 +13,11 @@ from .params import MODELS
 NUM_CLASSES = 4  # 0 white matter, 1 gray matter, 2 background, 3 CSF (three: a model without the CSF class)
 
 
-def conv3x3_bn(ci, co):
-    return nn.Sequential(nn.Conv2d(ci, co, 3, padding=1), nn.BatchNorm2d(co), nn.ReLU(inplace=True))
+def conv3x3_bn(ci, co, norm="batch"):
+    # GroupNorm (8 groups) normalises each sample by itself: no batch statistics shared between real and
+    # synthetic samples, none carried to prediction.
+    layer = nn.BatchNorm2d(co) if norm == "batch" else nn.GroupNorm(math.gcd(8, co), co)
+    return nn.Sequential(nn.Conv2d(ci, co, 3, padding=1), layer, nn.ReLU(inplace=True))
 
 
 def pad_to(x, ref):
@@ -26,9 +29,9 @@ def pad_to(x, ref):
 
 
 class Down(nn.Module):
-    def __init__(self, ci, co):
+    def __init__(self, ci, co, norm="batch"):
         super().__init__()
-        self.block = nn.Sequential(nn.MaxPool2d(2), conv3x3_bn(ci, co), conv3x3_bn(co, co))
+        self.block = nn.Sequential(nn.MaxPool2d(2), conv3x3_bn(ci, co, norm), conv3x3_bn(co, co, norm))
 
     def forward(self, x):
         return self.block(x)
@@ -37,10 +40,10 @@ class Down(nn.Module):
 class Up(nn.Module):
     """Upsample, pad to the skip's size, concatenate [skip, up], two convolutions."""
 
-    def __init__(self, ci, co):
+    def __init__(self, ci, co, norm="batch"):
         super().__init__()
         self.up = nn.ConvTranspose2d(ci, co, 2, stride=2)
-        self.conv = nn.Sequential(conv3x3_bn(ci, co), conv3x3_bn(co, co))
+        self.conv = nn.Sequential(conv3x3_bn(ci, co, norm), conv3x3_bn(co, co, norm))
 
     def forward(self, x, skip):
         x = pad_to(self.up(x), skip)
@@ -48,14 +51,14 @@ class Up(nn.Module):
 
 
 class UNet(nn.Module):
-    """The tutorial's UNet at width 16: channels width, 2x, 4x, 8x down the encoder."""
+    """The tutorial's UNet at width 16: channels width, 2x, 4x, 8x down the encoder. norm: params.NORMS."""
 
-    def __init__(self, in_channels=1, num_classes=NUM_CLASSES, width=16):
+    def __init__(self, in_channels=1, num_classes=NUM_CLASSES, width=16, norm="batch"):
         super().__init__()
         c1, c2, c3, c4 = width, 2 * width, 4 * width, 8 * width
-        self.stem = nn.Sequential(conv3x3_bn(in_channels, c1), conv3x3_bn(c1, c1))
-        self.down1, self.down2, self.down3 = Down(c1, c2), Down(c2, c3), Down(c3, c4)
-        self.up1, self.up2, self.up3 = Up(c4, c3), Up(c3, c2), Up(c2, c1)
+        self.stem = nn.Sequential(conv3x3_bn(in_channels, c1, norm), conv3x3_bn(c1, c1, norm))
+        self.down1, self.down2, self.down3 = Down(c1, c2, norm), Down(c2, c3, norm), Down(c3, c4, norm)
+        self.up1, self.up2, self.up3 = Up(c4, c3, norm), Up(c3, c2, norm), Up(c2, c1, norm)
         self.head = nn.Conv2d(c1, num_classes, 3, padding=1)
 
     def forward(self, x):
@@ -125,11 +128,14 @@ class UNetResNet(nn.Module):
         return self.head(self.final_conv(y))
 
 
-def build_model(name, pretrained=False, stem_init="random", in_channels=1, width=16, num_classes=NUM_CLASSES):
-    """in_channels = 2 * train.context + 1: the slice and its neighbours. width: the UNet's (train.width).
-    num_classes: 4 with CSF, 3 without (the tutorial's slices, data.csf: none)."""
+def build_model(name, pretrained=False, stem_init="random", in_channels=1, width=16, num_classes=NUM_CLASSES,
+                norm="batch"):
+    """in_channels = 2 * train.context + 1: the slice and its neighbours. width and norm: the UNet's
+    (train.width, train.norm). num_classes: 4 with CSF, 3 without (the tutorial's slices, data.csf: none)."""
     if name == "unet":
-        return UNet(in_channels, num_classes, width=width)
+        return UNet(in_channels, num_classes, width=width, norm=norm)
+    if norm != "batch":
+        raise ValueError(f"train.norm {norm!r}: only the unet has it (the resnet keeps its pretrained BatchNorm)")
     if name == "resnet":
         return UNetResNet(in_channels, num_classes, pretrained=pretrained, stem_init=stem_init)
     raise ValueError(f"params.yaml: model must be one of {MODELS}, got {name!r}")
@@ -193,7 +199,8 @@ def build_network(ckpt, path, device="cpu"):
         raise CheckpointError(f"{path}: unknown model {ckpt['model']!r}")
     # Architecture only: the weights come from the checkpoint.
     model = build_model(ckpt["model"], in_channels=2 * int(ckpt.get("context", 0)) + 1,
-                        width=int(ckpt.get("width", 16)), num_classes=len(ckpt.get("classes", range(3))))
+                        width=int(ckpt.get("width", 16)), num_classes=len(ckpt.get("classes", range(3))),
+                        norm=ckpt.get("norm", "batch"))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

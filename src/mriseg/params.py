@@ -8,6 +8,7 @@ from .labels import CSF_RULES, SourceError, parse_labels
 from .volumes import VIEWS
 
 MODELS = ("unet", "resnet")  # models.build_model builds each
+NORMS = ("batch", "group")  # train.norm: the UNet's normalisation layers (models.conv3x3_bn)
 CHOICES = {
     "split.by": ("auto", "subject", "slice"),
     "data.skull_strip": ("auto", "yes", "no"),
@@ -17,6 +18,7 @@ CHOICES = {
     "train.loss": ("bce", "ce", "dice_ce"),
     "train.schedule": ("constant", "cosine"),
     "train.stem_init": ("random", "average"),
+    "train.norm": NORMS,
 }
 
 
@@ -65,6 +67,9 @@ def load_params(path="params.yaml"):
     check_value(params, path, "data.min_tissue", 100, whole, "a whole number >= 0", "tissue pixels of a trained slice")
     check_value(params, path, "data.max_volume_mb", 1024, lambda v: number(v) and v > 0, "a number > 0",
                 "largest volume accepted")
+    if params.get("train", {}).get("norm", "batch") != "batch" and params["model"] != "unet":
+        raise ParamsError(f"{path}: train.norm {params['train']['norm']!r} needs model: unet (the resnet keeps "
+                          "its pretrained BatchNorm)")
     check_views(params, path)
     labels = params.get("data", {}).get("labels", "ibsr")
     try:

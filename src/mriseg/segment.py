@@ -56,16 +56,17 @@ def compare_with_reference(pred, image_path, img3, labels, voxel_ml, csf):
     """Manual volumes (ml), Dice and volume error of the prediction against the label volume(s) beside the
     image, their CSF drawn by the model's data.csf rule `csf`: the evaluate stage's per-subject scores (with
     those against the labels as traced where the rule re-made their CSF)."""
-    from .labels import label_paths_of, load_labels
+    from .labels import label_paths_of, read_labels, with_csf_rule
     from .metrics import as_traced_scores, confusion_of, subject_scores
 
     refs = label_paths_of(image_path, labels)
     if not refs:
         return None
-    truth = load_labels(refs, labels, image_path, img3, csf).reshape(pred.shape)
+    traced = read_labels(refs, labels, image_path, img3)  # read once: the rule's CSF and, beside it, as traced
+    truth = with_csf_rule(traced, image_path, img3, csf).reshape(pred.shape)
     row = subject_scores(confusion_of(pred, truth), voxel_ml)
     if csf == "intensity":
-        row.update(as_traced_scores(pred, load_labels(refs, labels, image_path, img3, "labels").reshape(pred.shape)))
+        row.update(as_traced_scores(pred, traced.reshape(pred.shape)))
     return {k: row[k] for k in REFERENCE_COLUMNS if k in row}
 
 

@@ -28,7 +28,7 @@ from .models import FlipAveraged, build_model
 
 # `train.recipe: tutorial` puts back every training choice of the reference tutorial in one setting.
 TUTORIAL_RECIPE = {"lr": 3e-4, "batch_size": 16, "loss": "bce", "augment": False, "schedule": "constant",
-                   "stem_init": "random", "context": 0, "flip_tta": False, "width": 16, "synth": 0.0,
+                   "stem_init": "random", "context": 0, "flip_tta": False, "width": 16, "norm": "batch", "synth": 0.0,
                    "synth_atlas": 0.0, "thinning": 0.0}
 
 
@@ -241,7 +241,8 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
         atlas = None
     feeds = make_feeds(cfg, train_set, eval_sets, device, world, eval_batch_size, channels_last)
     model = build_model(model_name, pretrained=cfg["pretrained"], stem_init=cfg.get("stem_init", "random"),
-                        in_channels=channels, width=cfg.get("width", 16), num_classes=len(classes))
+                        in_channels=channels, width=cfg.get("width", 16), num_classes=len(classes),
+                        norm=cfg.get("norm", "batch"))
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     epochs = cfg["epochs"]
@@ -308,7 +309,7 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
         state_dict = model.state_dict()
         ckpt = {"format": 1, "model": model_name, "state_dict": {k: v.cpu() for k, v in state_dict.items()},
                 "classes": list(classes), "activation": activation, "loss": loss_name, "context": context,
-                "width": cfg.get("width", 16), "flip_tta": flip_tta,
+                "width": cfg.get("width", 16), "norm": cfg.get("norm", "batch"), "flip_tta": flip_tta,
                 "best_epoch": best["epoch"] or epochs, "history": history, "train": cfg,
                 "trained_on": describe_device(device), **(extra or {})}
         finish(ckpt, out_path, resume_path, live, artifact)

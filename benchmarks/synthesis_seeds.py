@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from any_scanner import judge, off_dataset_inputs  # noqa: E402
 from heads import HEADS  # noqa: E402
 from mriseg.devices import cpu_name  # noqa: E402
+from mriseg.params import NORMS  # noqa: E402
 from train_throughput import commit, publish  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--synth", type=float, nargs="+", default=[0.0, 0.5])
-    p.add_argument("--norm", default="batch", choices=["batch", "group"], help="train.norm of every run")
+    p.add_argument("--norm", default="batch", choices=NORMS, help="train.norm of every run")
     p.add_argument("--out", help="also write the table here (markdown)")
     args = p.parse_args()
     workdir, archive = Path(args.workdir).resolve(), Path(args.archive).resolve()

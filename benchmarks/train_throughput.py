@@ -93,7 +93,7 @@ def mriseg_loop(model_name, folder, device, epochs, batch_size, cache_gb=8, work
     manifest = pd.DataFrame(list_pairs(folder)).assign(split="train")[MANIFEST_COLUMNS]
     cfg = {"epochs": epochs, "batch_size": batch_size, "lr": 3e-4, "pretrained": False, "stem_init": "random",
            "loss": "bce", "augment": False, "schedule": "constant", "device": str(device), "seed": 0,
-           "amp": True, "channels_last": True, "compile": False, "cudnn_benchmark": True,
+           "amp": "auto", "channels_last": True, "compile": False, "cudnn_benchmark": True,
            "device_cache_gb": cache_gb, "workers": workers, **switches}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = train(cfg, model_name, SliceDataset(manifest, "train"), {}, Path(tmp) / "m.pt", Path(tmp) / "r.pt",

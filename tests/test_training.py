@@ -13,6 +13,7 @@ import torch
 from mriseg.models import FlipAveraged, UNet, load_checkpoint
 from mriseg.params import load_params
 from mriseg.data import Feed
+from mriseg.devices import autocast, inference_amp
 from mriseg.errors import ParamsError
 from mriseg.evaluation import evaluate
 from mriseg.metrics import compute_loss
@@ -21,7 +22,7 @@ from mriseg.training import read_resume, read_timing, resolve_recipe, synchronis
 from conftest import synthetic_pair
 
 CFG = {"epochs": 4, "batch_size": 8, "lr": 3e-3, "pretrained": False, "stem_init": "random", "loss": "bce",
-       "augment": False, "schedule": "constant", "device": "cpu", "seed": 0, "amp": True,
+       "augment": False, "schedule": "constant", "device": "cpu", "seed": 0, "amp": "auto",
        "channels_last": True, "compile": False, "cudnn_benchmark": True, "eval_batch_size": 32}
 
 
@@ -81,7 +82,7 @@ TOLERANCE = 0.03  # Dice after 8 epochs: fp32 vs bf16 + channels_last
 
 
 def test_speed_switches_do_not_change_results_beyond_noise(tmp_path):
-    fast = run_train(tmp_path, "fast", epochs=8)["history"][-1]
+    fast = run_train(tmp_path, "fast", epochs=8, amp=True)["history"][-1]  # bf16, even where it is emulated
     plain = run_train(tmp_path, "plain", epochs=8, amp=False, channels_last=False)["history"][-1]
     for k in ("test_dice_white_matter", "test_dice_gray_matter"):
         assert abs(fast[k] - plain[k]) < TOLERANCE, (k, fast[k], plain[k])
@@ -175,7 +176,7 @@ def test_checkpoint_rebuilds_the_trained_width(tmp_path):
     model, meta = load_checkpoint(tmp_path / "w8.pt")
     assert meta["width"] == 8 and model.stem[0][0].out_channels == 8
     assert ckpt["history"][-1]["test_iou"] == pytest.approx(
-        evaluate(model, Feed(dataset(TEST), 32, CPU, channels_last=True), CPU, True, meta["loss"],
+        evaluate(model, Feed(dataset(TEST), 32, CPU, channels_last=True), CPU, "auto", meta["loss"],
                  meta["activation"])["iou"], abs=1e-6)
 
 
@@ -187,17 +188,41 @@ def test_groupnorm_checkpoint_rebuilds_its_layers_and_scores_as_trained(tmp_path
     kinds = {type(m) for m in model.modules()}
     assert meta["norm"] == "group" and torch.nn.GroupNorm in kinds and torch.nn.BatchNorm2d not in kinds
     assert ckpt["history"][-1]["test_iou"] == pytest.approx(
-        evaluate(model, Feed(dataset(TEST), 32, CPU, channels_last=True), CPU, True, meta["loss"],
+        evaluate(model, Feed(dataset(TEST), 32, CPU, channels_last=True), CPU, "auto", meta["loss"],
                  meta["activation"])["iou"], abs=1e-6)
     with pytest.raises(RuntimeError, match="running_mean"):
         UNet(1, 4, width=8).load_state_dict(ckpt["state_dict"])
 
 
 @pytest.mark.parametrize("text, message", [("model: unet\ntrain:\n  norm: layer\n", r"train.norm must be one of"),
-                                           ("model: resnet\ntrain:\n  norm: group\n", r"train.norm 'group' needs model: unet")])
+                                           ("model: resnet\ntrain:\n  norm: group\n", r"train.norm 'group' needs model: unet"),
+                                           ("model: resnet\ntrain:\n  norm: batch\nviews:\n  axial: {norm: group}\n",
+                                            r"views.axial.norm 'group' needs model: unet"),
+                                           ("model: unet\ntrain:\n  norm: batch\nviews:\n  axial: {norm: layer}\n",
+                                            r"views.axial.norm must be one of \('batch', 'group'\), got 'layer'")])
 def test_bad_norm_is_one_clear_line(tmp_path, text, message):
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(ParamsError, match=message):
+        load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_takes_bf16_only_where_the_cpu_computes_it(monkeypatch, native):
+    """Emulated bf16 (AVX2 CPUs) is ~10x slower than fp32 (benchmarks/results/speed/amp-cpu.md)."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    a = torch.ones(8, 8)
+    for amp, dtype in (("auto", torch.bfloat16 if native else torch.float32), (True, torch.bfloat16),
+                       (False, torch.float32)):
+        with autocast(CPU, amp):
+            assert (a @ a).dtype == dtype, amp
+    # a checkpoint trained under bf16 predicts in fp32 where bf16 is emulated; one trained in fp32 stays fp32
+    assert inference_amp(True) == inference_amp("auto") == "auto" and inference_amp(False) is False
+
+
+def test_bad_amp_is_one_clear_line(tmp_path):
+    (tmp_path / "params.yaml").write_text("model: unet\ntrain:\n  amp: fast\n")
+    with pytest.raises(ParamsError, match=r"params.yaml: train.amp must be one of \('auto', True, False\), got 'fast'"):
         load_params(tmp_path / "params.yaml")
 
 
@@ -213,7 +238,7 @@ def test_flip_tta_checkpoint_predicts_as_its_epochs_were_scored(tmp_path):
     ckpt = run_train(tmp_path, "tta", epochs=2, loss="dice_ce", augment=True, flip_tta=True)
     model, meta = load_checkpoint(tmp_path / "tta.pt")
     assert meta["flip_tta"] is True and isinstance(model, FlipAveraged)
-    r = evaluate(model, Feed(dataset(TEST), 32, CPU, channels_last=True), CPU, True, meta["loss"], meta["activation"])
+    r = evaluate(model, Feed(dataset(TEST), 32, CPU, channels_last=True), CPU, "auto", meta["loss"], meta["activation"])
     assert r["iou"] == pytest.approx(ckpt["history"][-1]["test_iou"], abs=1e-6)
     assert r["loss"] == pytest.approx(ckpt["history"][-1]["test_loss"], abs=1e-5)
 

@@ -40,7 +40,7 @@ from .archive import IMAGE_DIR, ArchiveError, _check_entry, _ignored, _read, sav
 from .errors import MrisegError
 from .extraction import find_brain, voxel_ml_of
 from .io import replace_dir
-from .labels import CSF_RULES, SourceError, load_labels, parse_labels
+from .labels import CSF_RULES, SourceError, parse_labels, read_labels
 from .scans import find_subjects, tissue_slices, volume_header, working_volumes
 from .volumes import NORMALIZATION, VIEWS, VolumeError, crop_to_foreground, is_volume, load_volume, to_slices
 
@@ -125,15 +125,16 @@ def _preprocess(raw, out, labels, pixel_size, min_tissue, max_volume_mb, skull_s
         img3 = load_volume(image_path)[1]
         brain, stripped = find_brain(extractor, img3, image_path, skull_strip)
         brain = brain if stripped == "extracted" else None
+        traced = read_labels(label_paths, labels, image_path, img3)  # read once: as traced, and for the rule
         image, mask, work_affine, native, _ = working_volumes(image_path, label_paths, labels, None, pixel_size,
-                                                              brain, img3, csf)
+                                                              brain, img3, csf, traced)
         image, work_affine, box = crop_to_foreground(image, work_affine)  # as prediction crops
         mask = mask[box]
         kept = {view: tissue_slices(to_slices(mask, view), min_tissue) for view in VIEWS}
         arrays = [("image", image.astype(np.float32)), ("labels", mask), ("native", native)]
         arrays += [("brainmask", brain.astype(np.uint8))] if brain is not None else []
         if csf == "intensity":  # the labels as their tracers drew them (IBSR: gray matter with the sulcal CSF)
-            arrays += [("traced", load_labels(label_paths, labels, image_path, img3, "labels"))]
+            arrays += [("traced", traced)]
         for kind, array in arrays:
             save_hashed(out, f"{LAYOUT}/{subject}.{kind}.npy", array, hashes)
         records[subject] = {"source": image_path.relative_to(raw).as_posix(), "shape": list(image.shape),

@@ -30,9 +30,29 @@ def pick_device(name="auto", where="params.yaml: train.device"):
     return torch.device(name)
 
 
-def autocast(device, enabled):
-    # bf16 needs no loss scaling; on recent CPUs (AVX-512 BF16/AMX) it is ~3x faster than fp32 too.
+def bf16_is_native(device):
+    """Whether the device computes bf16 itself: a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or AMX.
+    Elsewhere (AVX2 CPUs) PyTorch emulates bf16, 6-12 times slower than fp32
+    (benchmarks/results/speed/amp-cpu.md)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return any(getattr(torch.cpu, probe, lambda: False)()
+                   for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
+
+
+def autocast(device, amp):
+    """bf16 autocast by train.amp: true, false or auto (bf16 where the device computes it natively). bf16
+    needs no loss scaling."""
+    enabled = bf16_is_native(device) if amp == "auto" else bool(amp)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def inference_amp(trained_amp):
+    """The precision a checkpoint predicts in: bf16 where native, whatever it was trained with (fp32 gives a
+    bf16-trained network's labels), unless it was trained in fp32 (amp false), which it keeps."""
+    return False if trained_amp is False else "auto"
 
 
 def usable_cores():

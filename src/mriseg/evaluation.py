@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from .data import Feed
-from .devices import autocast, rank_and_world, sum_over_ranks
+from .devices import autocast, inference_amp, rank_and_world, sum_over_ranks
 from .metrics import (NUM_CLASSES, as_traced_scores, class_logits, compute_loss, confusion_matrix, confusion_of,
                       scores, subject_scores, tutorial_iou)
 
@@ -24,7 +24,7 @@ SUBJECT_COLUMNS = ["subject", "slices", "dice_white_matter", "dice_gray_matter",
 
 
 @torch.no_grad()
-def evaluate(model, feed, device, amp=True, loss="bce", activation="sigmoid"):
+def evaluate(model, feed, device, amp="auto", loss="bce", activation="sigmoid"):
     """Loss, tutorial IoU (mean over batches) and confusion matrix of a model on a split's Feed. Under
     several processes each scores every world-th item and the sums are added up over the processes."""
     model.eval()
@@ -51,7 +51,7 @@ def score(model, ckpt, dataset, batch_size, device, with_confusion=False):
     """The tutorial's IoU (mean over batches of batch_size), dataset-level IoU/Dice per tissue, and the loss."""
     if batch_size < 1 or not len(dataset):
         raise ValueError(f"nothing to score ({len(dataset)} slices, batch size {batch_size})")
-    amp = ckpt.get("train", {}).get("amp", True)
+    amp = inference_amp(ckpt.get("train", {}).get("amp", True))
     r = evaluate(model, Feed(dataset, batch_size, device), device, amp, ckpt.get("loss", "bce"), ckpt["activation"])
     metrics = {"iou": r["iou"], **scores(r["confusion"]), "loss": r["loss"]}
     return (metrics, r["confusion"]) if with_confusion else metrics

@@ -19,6 +19,7 @@ CHOICES = {
     "train.schedule": ("constant", "cosine"),
     "train.stem_init": ("random", "average"),
     "train.norm": NORMS,
+    "train.amp": ("auto", True, False),
 }
 
 
@@ -67,9 +68,7 @@ def load_params(path="params.yaml"):
     check_value(params, path, "data.min_tissue", 100, whole, "a whole number >= 0", "tissue pixels of a trained slice")
     check_value(params, path, "data.max_volume_mb", 1024, lambda v: number(v) and v > 0, "a number > 0",
                 "largest volume accepted")
-    if params.get("train", {}).get("norm", "batch") != "batch" and params["model"] != "unet":
-        raise ParamsError(f"{path}: train.norm {params['train']['norm']!r} needs model: unet (the resnet keeps "
-                          "its pretrained BatchNorm)")
+    check_norm(params, path, params.get("train", {}), "train.norm")
     check_views(params, path)
     labels = params.get("data", {}).get("labels", "ibsr")
     try:
@@ -92,12 +91,24 @@ def check_views(params, path):
         unknown = sorted(set(changes or {}) - set(params.get("train", {})))
         if unknown:
             raise ParamsError(f"{path}: views.{view}.{unknown[0]}: not a train setting")
+        for name, value in (changes or {}).items():
+            allowed = CHOICES.get(f"train.{name}")
+            if allowed is not None and value not in allowed:
+                raise ParamsError(f"{path}: views.{view}.{name} must be one of {allowed}, got {value!r}")
+        check_norm(params, path, {**params.get("train", {}), **(changes or {})}, f"views.{view}.norm")
     weights = params.setdefault("aggregate", {}).setdefault("weights", {})
     bad = weights if not isinstance(weights, dict) else {
         v: w for v, w in weights.items()
         if v not in VIEWS or isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0}
     if bad:
         raise ParamsError(f"{path}: aggregate.weights must map views to numbers >= 0, got {bad!r}")
+
+
+def check_norm(params, path, train, key):
+    """GroupNorm is the UNet's: the resnet keeps its pretrained BatchNorm."""
+    if train.get("norm", "batch") != "batch" and params["model"] != "unet":
+        raise ParamsError(f"{path}: {key} {train['norm']!r} needs model: unet (the resnet keeps its pretrained "
+                          "BatchNorm)")
 
 
 def check_value(params, path, key, default, is_valid, requirement, meaning):

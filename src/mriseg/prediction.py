@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from .devices import autocast, pick_device
+from .devices import autocast, inference_amp, pick_device
 
 
 def channels_last(x):
@@ -12,7 +12,7 @@ def channels_last(x):
 
 
 @torch.no_grad()
-def predict_labels(model, x, device, amp=True, batch_size=32):
+def predict_labels(model, x, device, amp="auto", batch_size=32):
     """images [N,C,H,W] float32 -> labels [N,H,W] uint8 (argmax over the classes)."""
     model.eval()
     out = []
@@ -24,7 +24,7 @@ def predict_labels(model, x, device, amp=True, batch_size=32):
 
 
 @torch.no_grad()
-def predict_probabilities(model, x, device, activation, amp=True, batch_size=32):
+def predict_probabilities(model, x, device, activation, amp="auto", batch_size=32):
     """images [N,C,H,W] float32 -> class probabilities [N,C,H,W] float32 (their argmax is predict_labels')."""
     model.eval()
     out = []
@@ -53,7 +53,7 @@ class View:
     def __init__(self, name, model, ckpt, weight):
         self.name, self.model, self.ckpt, self.weight = name, model, ckpt, weight
         self.axis = ckpt.get("axis", name)
-        self.amp = ckpt.get("train", {}).get("amp", True)
+        self.amp = inference_amp(ckpt.get("train", {}).get("amp", True))
         self.context = int(ckpt.get("context", 0))
 
 

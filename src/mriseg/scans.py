@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .labels import SourceError, is_label_file, label_paths_hint, label_paths_of, load_labels
+from .labels import SourceError, is_label_file, label_paths_hint, label_paths_of, read_labels, with_csf_rule
 from .volumes import (is_volume, load_volume, normalize_volume, resample_inplane, resample_labels, to_slices,
                       volume_stem)
 
@@ -65,18 +65,20 @@ def volume_header(path):
         return load_volume(path)[1]
 
 
-def working_volumes(image_path, label_paths, labels, axis, pixel_size, brain=None, img3=None, csf="labels"):
+def working_volumes(image_path, label_paths, labels, axis, pixel_size, brain=None, img3=None, csf="labels",
+                    traced=None):
     """An image and its labels on the working grid: (normalised image (X, Y, Z) float32, labels uint8,
     the grid's affine, the labels mapped to the three classes on the image's own grid, the image's own 3-D
     image). RAS+, resampled to pixel_size mm in the plane of `axis` (None: on all three axes), labels per
     class. brain: a brain mask on the image's own grid: the working image is zero outside it and the
     working labels background there, as prediction strips a head; the native labels stay the reference.
     img3: the image already read (load_volume(image_path)[1]), so that it is read once. csf: data.csf's rule
-    (labels.CSF_RULES)."""
+    (labels.CSF_RULES). traced: the labels already read (labels.read_labels), so that they are read once."""
     import nibabel as nib
 
     img3 = load_volume(image_path)[1] if img3 is None else img3
-    native = load_labels(label_paths, labels, image_path, img3, csf)
+    traced = read_labels(label_paths, labels, image_path, img3) if traced is None else traced
+    native = with_csf_rule(traced, image_path, img3, csf)
     working = resample_inplane(img3, axis, pixel_size, order=1)
     mask = resample_labels(nib.Nifti1Image(native, img3.affine), axis, pixel_size)
     image, mask = np.asanyarray(working.dataobj), np.rint(np.asanyarray(mask.dataobj)).astype(np.uint8)

@@ -138,7 +138,7 @@ def train_epoch(step_model, feed, order, opt, cfg, augment_gen, mirror, device, 
                 atlas=None):
     """One pass over this process's share of the shuffled training items: {'train_loss', 'train_iou', ...}
     summed over every process, and the number of items seen. atlas: extra anatomy for synthesis."""
-    amp, batch_size = cfg.get("amp", True), feed.batches.batch_size
+    amp, batch_size = cfg.get("amp", "auto"), feed.batches.batch_size
     step_model.train()
     total_loss = torch.zeros((), device=device)
     total_iou = torch.zeros((), device=device)
@@ -201,7 +201,7 @@ def train(cfg, model_name, train_set, eval_sets, out_path, resume_path, live_dir
     lead = rank == 0  # writes every output
     torch.manual_seed(cfg["seed"])
     torch.backends.cudnn.benchmark = cfg.get("cudnn_benchmark", True)
-    amp, channels_last = cfg.get("amp", True), cfg.get("channels_last", True)
+    amp, channels_last = cfg.get("amp", "auto"), cfg.get("channels_last", True)
     loss_name = cfg.get("loss", "bce")
     activation = "sigmoid" if loss_name == "bce" else "softmax"
     context = cfg.get("context", 0)

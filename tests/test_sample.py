@@ -48,7 +48,7 @@ def test_default_pipeline_on_the_sample(tmp_path):
     """The README's `dvc repro`, defaults untouched: three views of mriseg's UNet recipe on the MNI152 sample,
     the warped subject held out and scored in 3-D, aggregate and each view alone."""
     proj = make_project(tmp_path / "proj")
-    # a guard against a hang, not a speed test: 3.5 min on an AMX Xeon, 21 min on an AVX2-only EPYC (sample/repro-cpu.md)
+    # a hang guard, not a speed test: 3.5 min on an AMX Xeon, 21 min on an AVX2-only EPYC (sample/repro-cpu.md)
     run(["dvc", "repro"], proj, timeout=2700)
     metrics = json.loads((proj / "reports" / "metrics.json").read_text())
     assert metrics["test_subjects"] == 1 and sorted(metrics["views"]) == ["axial", "coronal", "sagittal"]

@@ -39,8 +39,8 @@ def load_params(path="params.yaml"):
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = params.get(section, {}).get(name)
-        if value is not None and value not in allowed:
-            raise ParamsError(f"{path}: {key} must be one of {allowed}, got {value!r}")
+        if value is not None:  # absent: the code's default
+            check_choice(path, key, value, allowed)
     whole = lambda v: isinstance(v, int) and v >= 0
     number = lambda v: isinstance(v, (int, float)) and v >= 0
     check_value(params, path, "train.context", 0, whole, "a whole number >= 0", "neighbouring slices each side")
@@ -92,9 +92,8 @@ def check_views(params, path):
         if unknown:
             raise ParamsError(f"{path}: views.{view}.{unknown[0]}: not a train setting")
         for name, value in (changes or {}).items():
-            allowed = CHOICES.get(f"train.{name}")
-            if allowed is not None and value not in allowed:
-                raise ParamsError(f"{path}: views.{view}.{name} must be one of {allowed}, got {value!r}")
+            if f"train.{name}" in CHOICES:  # a view's null is refused: it would replace the train value
+                check_choice(path, f"views.{view}.{name}", value, CHOICES[f"train.{name}"])
         check_norm(params, path, {**params.get("train", {}), **(changes or {})}, f"views.{view}.norm")
     weights = params.setdefault("aggregate", {}).setdefault("weights", {})
     bad = weights if not isinstance(weights, dict) else {
@@ -102,6 +101,11 @@ def check_views(params, path):
         if v not in VIEWS or isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0}
     if bad:
         raise ParamsError(f"{path}: aggregate.weights must map views to numbers >= 0, got {bad!r}")
+
+
+def check_choice(path, key, value, allowed):
+    if value not in allowed:
+        raise ParamsError(f"{path}: {key} must be one of {allowed}, got {value!r}")
 
 
 def check_norm(params, path, train, key):

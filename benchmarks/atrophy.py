@@ -7,7 +7,7 @@ left quarter of the brain (regional). Each scan is segmented as `mriseg predict 
 before and after; recovered = (gray matter after - before) / (true change). A tool for atrophy recovers at
 least 80 %. One row per model, scan and simulation; then the mean per model and simulation.
 
-    python benchmarks/atrophy.py --model shipped=src/mriseg/shipped/ibsr18-3views.pt [--model old=old.pt] \
+    python benchmarks/atrophy.py --model shipped=src/mriseg/shipped/ibsr18-3views.pt [--model old=old.pt@network] \
         [--out benchmarks/results/atrophy/cpu.md]
 """
 import argparse
@@ -53,11 +53,15 @@ def main():
     from mriseg.segment import segment_image
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", required=True, help="NAME=PATH of a model (repeat for several)")
+    p.add_argument("--model", action="append", required=True,
+                   help="NAME=PATH[@BORDER] of a model, BORDER its --csf-border (default auto; repeat for several)")
     p.add_argument("--out", help="also write the table here (markdown)")
     args = p.parse_args()
     models = dict(m.split("=", 1) for m in args.model)
-    predictors = {name: Predictor(path, "cpu") for name, path in models.items()}
+    predictors = {}
+    for name, spec in models.items():
+        path, border = spec.rsplit("@", 1) if "@" in spec else (spec, "auto")
+        predictors[name] = Predictor(path, "cpu", csf_border=border)
     extractor = BrainExtractor(torch.device("cpu"))
     lines = ["# Sensitivity to atrophy: a simulated cortical loss, and what each model's gray matter shows", "",
              f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}. Commit {commit()}. "

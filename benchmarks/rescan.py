@@ -10,7 +10,7 @@ much of it each mode measures. A follow-up needs this well under a year's change
 0.8 % of gray matter in healthy adults over 65, twice that in Alzheimer's disease.
 
     python benchmarks/rescan.py [--model src/mriseg/shipped/ibsr18-3views.pt] [--rescans 3] \
-        [--out benchmarks/results/rescan/cpu.md]
+        [--csf-border auto --csf-border network] [--out benchmarks/results/rescan/cpu.md]
 """
 import argparse
 import sys
@@ -66,15 +66,18 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(SHIPPED_MODEL))
     p.add_argument("--rescans", type=int, default=3, help="rescans per scan (at least 2)")
+    p.add_argument("--csf-border", action="append", help="as mriseg predict's (default auto); repeat to compare")
     p.add_argument("--out", help="also write the table here (markdown)")
     args = p.parse_args()
-    predictor = Predictor(args.model, "cpu")
+    predictors = {border: Predictor(args.model, "cpu", csf_border=border) for border in args.csf_border or ["auto"]}
     extractor = BrainExtractor(torch.device("cpu"))
-    modes = {"independent": independent, "longitudinal": longitudinal}
+    modes = {f"{mode}{'' if len(predictors) == 1 else f', --csf-border {border}'}": (segment, predictor)
+             for border, predictor in predictors.items()
+             for mode, segment in (("independent", independent), ("longitudinal", longitudinal))}
     lines = ["# Rescan reliability: tissue volumes of one head scanned again, segmented independently or as "
              "sessions of one subject", "",
              f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}. Commit {commit()}. "
-             f"Model: `{args.model}`. {args.rescans} rescans per scan (mriseg.rescan.rescan, seeds 1-{args.rescans}: "
+             f"Model: `{args.model}`, --csf-border {', '.join(predictors)}. {args.rescans} rescans per scan (mriseg.rescan.rescan, seeds 1-{args.rescans}: "
              "rotation up to 4 degrees and shift up to 3 mm per axis, cubic resampling, a new bias field of up to "
              "10 %, new Rician noise of sd 2 % of the 99th percentile). independent: each rescan segmented as "
              "`mriseg predict --skull-strip auto`; longitudinal: the rescans as sessions of one subject, as "
@@ -90,7 +93,7 @@ def main():
         thinned, _, lost = thin_cortex(image, truth)
         pair = [images[0], rescan(nib.Nifti1Image(thinned, img3.affine), 2)[0]]
         true_ml = -float(lost.sum()) * voxel_ml_of(img3)
-        for mode, segment in modes.items():
+        for mode, (segment, predictor) in modes.items():
             start = time.perf_counter()
             rows = segment(predictor, extractor, images, name)
             seconds = (time.perf_counter() - start) / args.rescans

@@ -46,7 +46,9 @@ def main():
     alone = {}
     aggregate = predictor.volume_probabilities(volume, each=lambda view, probs: alone.setdefault(view.name, probs))
     lines = ["# The shipped model on the skull-stripped MNI152 2009 template", "",
-             f"Machine: {cpu_name()}, torch {torch.__version__}. Commit {commit()}. Model: {args.model}.", "",
+             f"Machine: {cpu_name()}, torch {torch.__version__}. Commit {commit()}. Model: {args.model}; each view "
+             f"alone as its network draws it, the aggregate with the CSF border {predictor.csf_border} "
+             "(`mriseg predict`'s default).", "",
              "Reference: each voxel's most probable class of nilearn's maps; CSF: neither tissue, inside the brain mask.",
              "", "| views | Dice white matter | Dice gray matter | Dice CSF | volume error white matter | "
              "volume error gray matter | volume error CSF |", "|---|---|---|---|---|---|---|"]

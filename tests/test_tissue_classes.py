@@ -7,7 +7,8 @@ from conftest import SHARED_IBSR, synthetic_volume
 from mriseg import CLASS_NAMES
 from mriseg.atrophy import outer_cortex, thin_cortex, upper_left_quarter
 from mriseg.extraction import intracranial
-from mriseg.labels import SourceError, apply_csf_rule, map_labels, parse_labels, remake_csf
+from mriseg.labels import (SourceError, apply_csf_rule, csf_border, csf_thresholds, gray_to_csf, map_labels,
+                           parse_labels, remake_csf)
 
 
 def test_presets_map_each_sources_csf_to_the_csf_class():
@@ -54,6 +55,45 @@ def test_csf_rules_none_labels_and_intensity():
     assert (remade[sulcus] == 3).mean() > 0.75 and (remade[(classes == 2) & (image == 0)] == 2).all()
     with pytest.raises(SourceError, match="not darker than gray matter"):
         remake_csf(classes, np.where(classes == 3, 250, image))
+
+
+def test_gray_to_csf_takes_the_gray_matter_darker_than_halfway_to_pure_csf_only():
+    rng = np.random.default_rng(1)
+    image, ibsr, _ = synthetic_volume(rng)
+    classes = map_labels([ibsr], "ibsr")
+    dark = (classes == 1) & (np.arange(image.shape[0])[:, None, None] < 12)  # a widened sulcus: CSF-dark
+    image = np.where(dark | (classes == 0) & (np.arange(image.shape[0])[:, None, None] < 20), 40, image)
+    flip = gray_to_csf(classes, image.astype(np.float32))
+    assert flip[dark].all() and not flip[classes != 1].any()  # dark white matter is never touched
+    assert flip[(classes == 1) & ~dark].mean() < 0.01  # gray matter (110 +- 6) is far above the border (75)
+    assert not gray_to_csf(apply_csf_rule(classes, None, "none"), image).any()  # no CSF to measure it from
+    assert not gray_to_csf(classes, np.where(classes == 3, 250, image)).any()  # not a T1: left as it is
+
+
+def test_predictor_draws_the_csf_border_by_the_models_convention(checkpoint):
+    """The shipped model (data.csf intensity) draws it by intensity unless told network; after it, no gray
+    matter is darker than the border measured on the views' own labels, and only gray matter moved to CSF.
+    A three-class model has no border to draw."""
+    import nibabel as nib
+
+    from mriseg.errors import ParamsError
+    from mriseg.models import SHIPPED_MODEL
+    from mriseg.prediction import Predictor
+
+    network, intensity = (Predictor(SHIPPED_MODEL, "cpu", csf_border=b) for b in ("network", "auto"))
+    assert (network.csf_border, intensity.csf_border) == ("network", "intensity")
+    image, _, affine = synthetic_volume(np.random.default_rng(2), shape=(48, 52, 44))
+    img3 = nib.Nifti1Image(image, affine)
+    volume = network.working_volume(img3)[1]
+    before, after = (p.volume_probabilities(volume).argmax(axis=0) for p in (network, intensity))
+    moved = before != after
+    assert moved.any() and (before[moved] == 1).all() and (after[moved] == 3).all()
+    assert not ((after == 1) & (volume < csf_border(csf_thresholds(before, volume)))).any()
+    assert Predictor(checkpoint, "cpu").csf_border == "network"  # three classes: the views' output as it is
+    with pytest.raises(ParamsError, match="has no CSF class"):
+        Predictor(checkpoint, "cpu", csf_border="intensity")
+    with pytest.raises(ParamsError, match="csf border 'smooth'"):
+        Predictor(SHIPPED_MODEL, "cpu", csf_border="smooth")
 
 
 @pytest.mark.skipif(not SHARED_IBSR.is_dir(), reason=f"needs the IBSR volumes at {SHARED_IBSR}")

@@ -38,7 +38,8 @@ def predict_command(args):
         return 0
     failed = predict_files(args.model or SHIPPED_MODEL, args.out, args.inputs, device=args.device,
                            batch_size=args.batch_size, pixel_size=pixel, slice_thickness=args.slice_thickness,
-                           labels=args.labels, part=args.part, skull_strip=args.skull_strip, log=log)
+                           labels=args.labels, part=args.part, skull_strip=args.skull_strip,
+                           csf_border=args.csf_border, log=log)
     return 1 if failed else 0
 
 
@@ -50,7 +51,8 @@ def longitudinal_command(args):
 
     log = lambda m: tqdm.write(m, file=sys.stderr)
     done = longitudinal(args.model or SHIPPED_MODEL, args.bids, args.out, device=args.device,
-                        batch_size=args.batch_size, skull_strip=args.skull_strip, dates_csv=args.dates, log=log)
+                        batch_size=args.batch_size, skull_strip=args.skull_strip, dates_csv=args.dates,
+                        csf_border=args.csf_border, log=log)
     return 0 if done else 1
 
 
@@ -82,7 +84,7 @@ def evaluate_command(args):
 
     log = lambda m: print(m, file=sys.stderr)
     result = evaluate_archive(args.model, args.archive, device=args.device, batch_size=args.batch_size,
-                              labels=args.labels, skull_strip=args.skull_strip, log=log)
+                              labels=args.labels, skull_strip=args.skull_strip, csf_border=args.csf_border, log=log)
     print(format_table(result))
     if args.out:
         try:
@@ -112,6 +114,8 @@ def compare_command(args):
 
 
 def main(argv=None):
+    from .labels import CSF_BORDERS
+
     parser = argparse.ArgumentParser(prog="mriseg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -137,6 +141,10 @@ def main(argv=None):
                    "volume not extracted already and says which in volumes.csv; writes <stem>_brainmask")
     p.add_argument("--merge", action="store_true", help="join the part files in --out into volumes.csv, "
                    "in input order, once every part has run")
+    p.add_argument("--csf-border", choices=CSF_BORDERS, default="auto",
+                   help="the gray matter / CSF border: intensity (gray matter darker than halfway to the scan's "
+                   "pure CSF becomes CSF), network (the views' own), auto (default: intensity for a model trained "
+                   "with data.csf intensity, as the shipped one)")
     p.set_defaults(func=predict_command)
 
     e = sub.add_parser("evaluate", help="score a model on every subject of an archive (e.g. subjects it never saw): "
@@ -152,6 +160,10 @@ def main(argv=None):
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--batch-size", type=positive_int, default=32,
                    help="slices per batch; the tutorial's IoU is a mean over batches (the evaluate stage uses 32)")
+    e.add_argument("--csf-border", choices=CSF_BORDERS, default="auto",
+                   help="the gray matter / CSF border: intensity (gray matter darker than halfway to the scan's "
+                   "pure CSF becomes CSF), network (the views' own), auto (default: intensity for a model trained "
+                   "with data.csf intensity, as the shipped one)")
     e.set_defaults(func=evaluate_command)
 
     g = sub.add_parser("longitudinal", help="follow each subject of a BIDS dataset over its sessions: segmented in "
@@ -166,6 +178,10 @@ def main(argv=None):
                    help="as predict's, decided once per subject on the mean of its sessions")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     g.add_argument("--batch-size", type=positive_int, default=32)
+    g.add_argument("--csf-border", choices=CSF_BORDERS, default="auto",
+                   help="the gray matter / CSF border: intensity (gray matter darker than halfway to the scan's "
+                   "pure CSF becomes CSF), network (the views' own), auto (default: intensity for a model trained "
+                   "with data.csf intensity, as the shipped one)")
     g.set_defaults(func=longitudinal_command)
 
     m = sub.add_parser("make-archive", help="labelled NIfTI/MGZ volumes -> a zip in the tutorial's layout")

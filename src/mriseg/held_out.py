@@ -44,7 +44,8 @@ def extraction_notes(archive, subjects):
             for how, names in decided.items()]
 
 
-def evaluate_archive(checkpoint, archive, device="auto", batch_size=32, labels=None, skull_strip="auto", log=print):
+def evaluate_archive(checkpoint, archive, device="auto", batch_size=32, labels=None, skull_strip="auto",
+                     csf_border="auto", log=print):
     """{'overall': metrics, 'subjects': {subject: metrics}} of a checkpoint on every subject of an archive.
 
     Overall metrics are the evaluate stage's (reports/metrics.json) with the number of slices: a slice
@@ -56,7 +57,7 @@ def evaluate_archive(checkpoint, archive, device="auto", batch_size=32, labels=N
     from .manifest import MANIFEST_COLUMNS, archive_metadata, list_pairs
     from .prediction import Predictor
 
-    predictor = Predictor(checkpoint, device, batch_size)
+    predictor = Predictor(checkpoint, device, batch_size, csf_border)
     ckpt, context = predictor.ckpt, predictor.context
     with tempfile.TemporaryDirectory(prefix="mriseg-evaluate-") as tmp:
         root = Path(tmp) / "MRIs"

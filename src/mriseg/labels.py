@@ -30,6 +30,10 @@ PRESETS = {
 # between pure CSF and pure gray matter (remake_csf); labels: as the label source draws it (IBSR: ventricles,
 # its sulcal CSF counted as gray matter); none: no CSF class (CSF is background: mriseg's earlier three classes).
 CSF_RULES = ("intensity", "labels", "none")
+# How mriseg predict draws the gray matter / CSF border (prediction.Predictor): intensity (gray_to_csf on the
+# views' output: the scan's own voxels), network (the views' output as it is), auto (intensity for a model
+# trained with data.csf intensity, network otherwise).
+CSF_BORDERS = ("auto", "intensity", "network")
 # fill_sulci: unlabelled voxels within this many mm of labelled brain on both sides (a closing) are sulcal CSF.
 SULCUS_MM = 3
 
@@ -138,6 +142,24 @@ def csf_thresholds(classes, image):
     return float(np.median(image[core])), float(np.median(image[inner_gray]))
 
 
+def csf_border(levels):
+    """The intensity between CSF and gray matter of csf_thresholds' (pure CSF, pure gray matter): halfway, a
+    linear partial-volume fraction of CSF of 1/2, the border FSL FAST's and SPM's mixtures draw."""
+    csf, gray = levels
+    return (csf + gray) / 2
+
+
+def gray_to_csf(classes, image):
+    """The voxels of a segmentation's gray matter darker than csf_border of the scan's own pure CSF and gray
+    matter as the segmentation draws them (csf_thresholds), voxel by voxel; all False where it holds too
+    little CSF to measure, or CSF not darker than gray matter (not a T1). prediction.Predictor draws its
+    gray matter / CSF border with it."""
+    levels = csf_thresholds(classes, image)
+    if levels is None or levels[0] >= levels[1]:
+        return np.zeros(classes.shape, bool)
+    return (classes == GRAY) & (image < csf_border(levels))
+
+
 def remake_csf(classes, image, zooms=(1.0, 1.0, 1.0)):
     """CSF given back where the labels called it something else: a voxel of the labels' gray matter, or an
     unlabelled voxel of the image inside the labelled brain's outline (a SULCUS_MM closing: the sulcal and
@@ -160,7 +182,7 @@ def remake_csf(classes, image, zooms=(1.0, 1.0, 1.0)):
     # The zeros around a stripped brain are not counted, so they do not darken its edge.
     scanned = (image > 0).astype(np.float32)
     smoothed = ndimage.uniform_filter(image * scanned, 3) / np.maximum(ndimage.uniform_filter(scanned, 3), 1e-6)
-    darker = smoothed < (csf + gray) / 2
+    darker = smoothed < csf_border(levels)
     unlabelled = (classes == BACKGROUND) & (image > 0) & filled_closing(classes != BACKGROUND, SULCUS_MM, zooms)
     return np.where(darker & ((classes == GRAY) | unlabelled), CSF, classes).astype(np.uint8)
 

@@ -178,7 +178,7 @@ def write_rows(rows, columns, path):
 
 
 def longitudinal(checkpoint, bids, out_dir, device="auto", batch_size=32, skull_strip="auto", dates_csv=None,
-                 log=print):
+                 csf_border="auto", log=print):
     """Every subject of a BIDS dataset with two or more sessions: volumes per session in its common space
     (volumes.csv), the change between each pair of sessions (change.csv), change.png, and each session's
     mask and the subject's brain mask on its common grid (sub-<id>/). Returns the number of subjects done.
@@ -201,7 +201,7 @@ def longitudinal(checkpoint, bids, out_dir, device="auto", batch_size=32, skull_
     for subject in sorted(set(subjects) - set(followed)):
         log(f"longitudinal: note: sub-{subject} has one session: nothing to follow (use mriseg predict)")
     dates = session_dates(bids, dates_csv)
-    predictor = Predictor(checkpoint, device, batch_size)
+    predictor = Predictor(checkpoint, device, batch_size, csf_border)
     extractor = BrainExtractor(predictor.device) if skull_strip != "no" else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ParamsError
-from .labels import CSF_RULES, SourceError, parse_labels
+from .labels import CSF_BORDERS, CSF_RULES, SourceError, parse_labels
 from .volumes import VIEWS
 
 MODELS = ("unet", "resnet")  # models.build_model builds each
@@ -20,6 +20,7 @@ CHOICES = {
     "train.stem_init": ("random", "average"),
     "train.norm": NORMS,
     "train.amp": ("auto", True, False),
+    "evaluate.csf_border": CSF_BORDERS,
 }
 
 

@@ -4,6 +4,8 @@ import numpy as np
 import torch
 
 from .devices import autocast, inference_amp, pick_device
+from .errors import ParamsError
+from .labels import CSF_BORDERS
 
 
 def channels_last(x):
@@ -66,7 +68,7 @@ class Predictor:
     and then resampling linearly equals resampling each view and then averaging.
     """
 
-    def __init__(self, checkpoint, device="auto", batch_size=32):
+    def __init__(self, checkpoint, device="auto", batch_size=32, csf_border="auto"):
         from .models import load_views
 
         self.device, self.batch_size = pick_device(device, where="--device"), batch_size
@@ -77,6 +79,12 @@ class Predictor:
         self.grid_axis = working_grid_axis(self.ckpt)
         self.model, self.context = self.views[0].model, self.views[0].context
         self.classes = len(self.ckpt.get("classes", range(3)))  # 4 with CSF, 3 for models without it
+        if csf_border not in CSF_BORDERS:
+            raise ParamsError(f"csf border {csf_border!r}: use one of {', '.join(CSF_BORDERS)}")
+        trained_by_intensity = self.classes == 4 and self.ckpt.get("csf") == "intensity"
+        self.csf_border = ("intensity" if trained_by_intensity else "network") if csf_border == "auto" else csf_border
+        if self.csf_border == "intensity" and self.classes != 4:
+            raise ParamsError(f"csf border intensity: {checkpoint} has no CSF class (use auto or network)")
 
     def labels(self, slices):
         """(n, H, W) slices, in order through one volume -> (n, H, W) labels (the first view's network)."""
@@ -133,7 +141,15 @@ class Predictor:
                 each(view, probs)
             total = probs * view.weight if total is None else total + probs * view.weight
             weights += view.weight
-        return total / weights
+        total /= weights
+        if self.csf_border == "intensity":
+            # The views learnt IBSR's border, drawn on its 1.5 mm slices; the scan's own voxels show the sulci
+            # finer: its gray matter darker than halfway to its pure CSF becomes CSF (GM and CSF swapped).
+            from .labels import CSF, GRAY, gray_to_csf
+
+            darker = gray_to_csf(total.argmax(axis=0), volume)
+            total[GRAY][darker], total[CSF][darker] = total[CSF][darker], total[GRAY][darker]
+        return total
 
     def on_input_grid(self, probs, work_affine, reference_img3):
         """Class probabilities (C, X, Y, Z) on the working grid -> labels on the input's own voxel grid."""

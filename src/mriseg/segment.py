@@ -185,12 +185,13 @@ def segment_slice(predictor, path, out_dir, pixel_size, slice_thickness, written
 
 
 def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pixel_size=None, slice_thickness=1.0,
-                  labels=None, part=None, skull_strip="auto", log=print):
+                  labels=None, part=None, skull_strip="auto", csf_border="auto", log=print):
     """Segment every input; returns the number that failed. Raises a MrisegError up front (bad model,
     option, extractor or input list: nothing written); a bad input is said in one line and skipped, leaving
     no file (one in which the extractor finds no brain keeps a row, its qc saying so).
 
     skull_strip: auto (extract the brain of volumes not extracted already) | yes | no (extraction.py).
+    csf_border: how the gray matter / CSF border is drawn (prediction.CSF_BORDERS).
     labels (a make-archive preset or mapping): score each volume against the manual labels beside it.
     part (k, n), 1 <= k <= n: segment only every n-th input from the k-th (a job array's share) and write
     its rows to volumes.part-k-of-n.csv, for parts.merge_parts. Under torchrun the part is the process's
@@ -219,7 +220,7 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
         part = (rank + 1, world)
         # Processes wait for the slowest at the end (rank 0 merges): allow a long cohort a day.
         device = str(join_processes(device, where="--device", timeout_s=24 * 3600))
-    predictor = Predictor(checkpoint, device, batch_size)
+    predictor = Predictor(checkpoint, device, batch_size, csf_border)
     files = expand_inputs(inputs, skip_labels=labels is not None)
     check_inputs(files)
     k, n = part or (1, 1)

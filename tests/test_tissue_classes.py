@@ -88,7 +88,7 @@ def test_predictor_draws_the_csf_border_by_the_models_convention(checkpoint):
     before, after = (p.volume_probabilities(volume).argmax(axis=0) for p in (network, intensity))
     moved = before != after
     assert moved.any() and (before[moved] == 1).all() and (after[moved] == 3).all()
-    assert not ((after == 1) & (volume < csf_border(csf_thresholds(before, volume)))).any()
+    assert not ((after == 1) & (volume < csf_border(csf_thresholds(before, volume, csf_depth=3)))).any()
     assert Predictor(checkpoint, "cpu").csf_border == "network"  # three classes: the views' output as it is
     with pytest.raises(ParamsError, match="has no CSF class"):
         Predictor(checkpoint, "cpu", csf_border="intensity")

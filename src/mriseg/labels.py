@@ -128,13 +128,13 @@ def pure(mask, iterations=1, least=100):
     return core if core.sum() >= least else mask
 
 
-def csf_thresholds(classes, image):
-    """(pure CSF intensity, pure gray matter intensity) of one scan: the median of the labelled CSF one voxel
-    in from its edge (ventricles), and of the gray matter two voxels in from anything not tissue. None where
-    the labels hold too little CSF or gray matter to measure them."""
+def csf_thresholds(classes, image, csf_depth=1):
+    """(pure CSF intensity, pure gray matter intensity) of one scan: the median of the labelled CSF csf_depth
+    voxels in from its edge (ventricles), and of the gray matter two voxels in from anything not tissue. None
+    where the labels hold too little CSF or gray matter to measure them."""
     from scipy import ndimage
 
-    core = pure(classes == CSF)
+    core = pure(classes == CSF, csf_depth)
     inner_gray = ndimage.binary_erosion(classes < BACKGROUND, iterations=2) & (classes == GRAY)
     inner_gray = inner_gray if inner_gray.sum() >= 100 else classes == GRAY
     if core.sum() < 10 or inner_gray.sum() < 10:
@@ -151,10 +151,12 @@ def csf_border(levels):
 
 def gray_to_csf(classes, image):
     """The voxels of a segmentation's gray matter darker than csf_border of the scan's own pure CSF and gray
-    matter as the segmentation draws them (csf_thresholds), voxel by voxel; all False where it holds too
-    little CSF to measure, or CSF not darker than gray matter (not a T1). prediction.Predictor draws its
-    gray matter / CSF border with it."""
-    levels = csf_thresholds(classes, image)
+    matter as the segmentation draws them (csf_thresholds, pure CSF three voxels in from its edge: the
+    ventricles, which a thinning cortex does not reach, whereas the sulcal CSF it widens would move the level
+    and with it the border everywhere), voxel by voxel; all False where it holds too little CSF to measure,
+    or CSF not darker than gray matter (not a T1). prediction.Predictor draws its gray matter / CSF border
+    with it."""
+    levels = csf_thresholds(classes, image, csf_depth=3)
     if levels is None or levels[0] >= levels[1]:
         return np.zeros(classes.shape, bool)
     return (classes == GRAY) & (image < csf_border(levels))

@@ -133,8 +133,9 @@ class Predictor:
             yield view, np.stack([from_slices(probs[:, k], view.axis) for k in range(probs.shape[1])])
 
     def volume_probabilities(self, volume, each=None):
-        """The views' class probabilities (C, X, Y, Z), averaged with their weights; each(view, probs) sees
-        every view's own first (the evaluate stage scores each view alone)."""
+        """The views' class probabilities (C, X, Y, Z), averaged with their weights, the gray matter / CSF
+        border then drawn as csf_border says; each(view, probs) sees every view's own first, as its network
+        draws it (the evaluate stage scores each view alone). Lone .npy slices (labels) get no border."""
         total, weights = None, 0.0
         for view, probs in self.view_probabilities(volume):
             if each is not None:

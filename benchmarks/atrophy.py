@@ -7,7 +7,7 @@ left quarter of the brain (regional). Each scan is segmented as `mriseg predict 
 before and after; recovered = (gray matter after - before) / (true change). A tool for atrophy recovers at
 least 80 %. One row per model, scan and simulation; then the mean per model and simulation.
 
-    python benchmarks/atrophy.py --model shipped=src/mriseg/shipped/ibsr18-3views.pt [--model old=old.pt@network] \
+    python benchmarks/atrophy.py --model shipped=src/mriseg/shipped/ibsr18-3views.pt [--model shipped-intensity=src/mriseg/shipped/ibsr18-3views.pt@intensity] \
         [--out benchmarks/results/atrophy/cpu.md]
 """
 import argparse
@@ -54,13 +54,13 @@ def main():
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True,
-                   help="NAME=PATH[@BORDER] of a model, BORDER its --csf-border (default auto; repeat for several)")
+                   help="NAME=PATH[@BORDER] of a model, BORDER its --csf-border (default network; repeat for several)")
     p.add_argument("--out", help="also write the table here (markdown)")
     args = p.parse_args()
     models = dict(m.split("=", 1) for m in args.model)
     predictors = {}
     for name, spec in models.items():
-        path, border = spec.rsplit("@", 1) if "@" in spec else (spec, "auto")
+        path, border = spec.rsplit("@", 1) if "@" in spec else (spec, "network")
         predictors[name] = Predictor(path, "cpu", csf_border=border)
     extractor = BrainExtractor(torch.device("cpu"))
     lines = ["# Sensitivity to atrophy: a simulated cortical loss, and what each model's gray matter shows", "",

@@ -6,7 +6,7 @@ share of labelled tissue kept), what auto decided, tissue Dice and volume error,
 aparc+aseg > 0), so that what extraction costs is one row away. And an already-extracted IBSR subject with
 auto and with --skull-strip no: auto must leave it unchanged.
 
-    python benchmarks/heads.py [--model models/model.pt] [--csf-border auto] [--out benchmarks/results/brain-extraction/cpu.md]
+    python benchmarks/heads.py [--model models/model.pt] [--csf-border network] [--out benchmarks/results/brain-extraction/cpu.md]
 """
 import argparse
 import sys
@@ -68,14 +68,14 @@ def main():
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(SHIPPED_MODEL))
-    p.add_argument("--csf-border", default="auto", help="as mriseg predict's (auto, intensity, network)")
+    p.add_argument("--csf-border", default="network", help="as mriseg predict's (network, intensity)")
     p.add_argument("--out", help="also write the table here (markdown)")
     args = p.parse_args()
     predictor = Predictor(args.model, "cpu", csf_border=args.csf_border)
     extractor = BrainExtractor(predictor.device)
     lines = ["# Whole heads from other scanners: brain extraction, then the views", "",
              f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}. Commit {commit()}. "
-             f"Model: {args.model}, --csf-border {args.csf_border} ({predictor.csf_border}). Extractor: {EXTRACTOR}. "
+             f"Model: {args.model}, --csf-border {predictor.csf_border}. Extractor: {EXTRACTOR}. "
              "Reference: FreeSurfer's labels (freesurfer-aseg preset, "
              "cortical parcels gray matter, ventricles and the unlabelled sulcal CSF within the labelled brain "
              "CSF); labelled brain = every voxel with a label. IBSR_07: its re-made labels (data.csf intensity).", "",

@@ -10,7 +10,7 @@ much of it each mode measures. A follow-up needs this well under a year's change
 0.8 % of gray matter in healthy adults over 65, twice that in Alzheimer's disease.
 
     python benchmarks/rescan.py [--model src/mriseg/shipped/ibsr18-3views.pt] [--rescans 3] \
-        [--csf-border auto --csf-border network] [--out benchmarks/results/rescan/cpu.md]
+        [--csf-border network --csf-border intensity] [--out benchmarks/results/rescan/cpu.md]
 """
 import argparse
 import sys
@@ -66,10 +66,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(SHIPPED_MODEL))
     p.add_argument("--rescans", type=int, default=3, help="rescans per scan (at least 2)")
-    p.add_argument("--csf-border", action="append", help="as mriseg predict's (default auto); repeat to compare")
+    p.add_argument("--csf-border", action="append", help="as mriseg predict's (default network); repeat to compare")
     p.add_argument("--out", help="also write the table here (markdown)")
     args = p.parse_args()
-    predictors = {border: Predictor(args.model, "cpu", csf_border=border) for border in args.csf_border or ["auto"]}
+    predictors = {border: Predictor(args.model, "cpu", csf_border=border) for border in args.csf_border or ["network"]}
     extractor = BrainExtractor(torch.device("cpu"))
     modes = {f"{mode}{'' if len(predictors) == 1 else f', --csf-border {border}'}": (segment, predictor)
              for border, predictor in predictors.items()

@@ -22,7 +22,7 @@ from mriseg.reporting import plot_curves, plot_predictions
 def main():
     params = load_params()
     p = params["evaluate"]
-    predictor = Predictor("models/model.pt", params["train"]["device"], p["batch_size"], p.get("csf_border", "auto"))
+    predictor = Predictor("models/model.pt", params["train"]["device"], p["batch_size"], p.get("csf_border", "network"))
     first = predictor.views[0]
     test = SliceDataset(read_manifest("data/manifest.csv"), "test", first.context, view=first.axis)
     if not len(test):

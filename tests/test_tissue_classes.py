@@ -70,17 +70,16 @@ def test_gray_to_csf_takes_the_gray_matter_darker_than_halfway_to_pure_csf_only(
     assert not gray_to_csf(classes, np.where(classes == 3, 250, image)).any()  # not a T1: left as it is
 
 
-def test_predictor_draws_the_csf_border_by_the_models_convention(checkpoint):
-    """The shipped model (data.csf intensity) draws it by intensity unless told network; after it, no gray
-    matter is darker than the border measured on the views' own labels, and only gray matter moved to CSF.
-    A three-class model has no border to draw."""
+def test_predictor_draws_the_csf_border_by_intensity_when_told(checkpoint):
+    """By default the views' own border; with intensity no gray matter is darker than the border measured on
+    the views' own labels, and only gray matter moved to CSF. A three-class model has no border to draw."""
     import nibabel as nib
 
     from mriseg.errors import ParamsError
     from mriseg.models import SHIPPED_MODEL
     from mriseg.prediction import Predictor
 
-    network, intensity = (Predictor(SHIPPED_MODEL, "cpu", csf_border=b) for b in ("network", "auto"))
+    network, intensity = Predictor(SHIPPED_MODEL, "cpu"), Predictor(SHIPPED_MODEL, "cpu", csf_border="intensity")
     assert (network.csf_border, intensity.csf_border) == ("network", "intensity")
     image, _, affine = synthetic_volume(np.random.default_rng(2), shape=(48, 52, 44))
     img3 = nib.Nifti1Image(image, affine)

@@ -203,7 +203,7 @@ def test_groupnorm_checkpoint_rebuilds_its_layers_and_scores_as_trained(tmp_path
                                            ("model: unet\ntrain:\n  norm: batch\nviews:\n  axial: {norm: null}\n",
                                             r"views.axial.norm must be one of \('batch', 'group'\), got None"),
                                            ("model: unet\nevaluate:\n  csf_border: smooth\n",
-                                            r"evaluate.csf_border must be one of \('auto', 'intensity', 'network'\)")])
+                                            r"evaluate.csf_border must be one of \('network', 'intensity'\)")])
 def test_bad_norm_is_one_clear_line(tmp_path, text, message):
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(ParamsError, match=message):

@@ -141,10 +141,10 @@ def main(argv=None):
                    "volume not extracted already and says which in volumes.csv; writes <stem>_brainmask")
     p.add_argument("--merge", action="store_true", help="join the part files in --out into volumes.csv, "
                    "in input order, once every part has run")
-    p.add_argument("--csf-border", choices=CSF_BORDERS, default="auto",
-                   help="the gray matter / CSF border: intensity (gray matter darker than halfway to the scan's "
-                   "pure CSF becomes CSF), network (the views' own), auto (default: intensity for a model trained "
-                   "with data.csf intensity, as the shipped one)")
+    p.add_argument("--csf-border", choices=CSF_BORDERS, default="network",
+                   help="the gray matter / CSF border: network (default: the views' own), intensity (of their gray "
+                   "matter, what is darker than halfway to the scan's pure CSF becomes CSF: nearer FreeSurfer's "
+                   "gray matter, less repeatable on noisy scans; docs/tissue.md)")
     p.set_defaults(func=predict_command)
 
     e = sub.add_parser("evaluate", help="score a model on every subject of an archive (e.g. subjects it never saw): "
@@ -160,10 +160,10 @@ def main(argv=None):
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--batch-size", type=positive_int, default=32,
                    help="slices per batch; the tutorial's IoU is a mean over batches (the evaluate stage uses 32)")
-    e.add_argument("--csf-border", choices=CSF_BORDERS, default="auto",
-                   help="the gray matter / CSF border: intensity (gray matter darker than halfway to the scan's "
-                   "pure CSF becomes CSF), network (the views' own), auto (default: intensity for a model trained "
-                   "with data.csf intensity, as the shipped one)")
+    e.add_argument("--csf-border", choices=CSF_BORDERS, default="network",
+                   help="the gray matter / CSF border: network (default: the views' own), intensity (of their gray "
+                   "matter, what is darker than halfway to the scan's pure CSF becomes CSF: nearer FreeSurfer's "
+                   "gray matter, less repeatable on noisy scans; docs/tissue.md)")
     e.set_defaults(func=evaluate_command)
 
     g = sub.add_parser("longitudinal", help="follow each subject of a BIDS dataset over its sessions: segmented in "
@@ -178,10 +178,10 @@ def main(argv=None):
                    help="as predict's, decided once per subject on the mean of its sessions")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     g.add_argument("--batch-size", type=positive_int, default=32)
-    g.add_argument("--csf-border", choices=CSF_BORDERS, default="auto",
-                   help="the gray matter / CSF border: intensity (gray matter darker than halfway to the scan's "
-                   "pure CSF becomes CSF), network (the views' own), auto (default: intensity for a model trained "
-                   "with data.csf intensity, as the shipped one)")
+    g.add_argument("--csf-border", choices=CSF_BORDERS, default="network",
+                   help="the gray matter / CSF border: network (default: the views' own), intensity (of their gray "
+                   "matter, what is darker than halfway to the scan's pure CSF becomes CSF: nearer FreeSurfer's "
+                   "gray matter, less repeatable on noisy scans; docs/tissue.md)")
     g.set_defaults(func=longitudinal_command)
 
     m = sub.add_parser("make-archive", help="labelled NIfTI/MGZ volumes -> a zip in the tutorial's layout")

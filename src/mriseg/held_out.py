@@ -45,7 +45,7 @@ def extraction_notes(archive, subjects):
 
 
 def evaluate_archive(checkpoint, archive, device="auto", batch_size=32, labels=None, skull_strip="auto",
-                     csf_border="auto", log=print):
+                     csf_border="network", log=print):
     """{'overall': metrics, 'subjects': {subject: metrics}} of a checkpoint on every subject of an archive.
 
     Overall metrics are the evaluate stage's (reports/metrics.json) with the number of slices: a slice

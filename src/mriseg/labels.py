@@ -30,10 +30,9 @@ PRESETS = {
 # between pure CSF and pure gray matter (remake_csf); labels: as the label source draws it (IBSR: ventricles,
 # its sulcal CSF counted as gray matter); none: no CSF class (CSF is background: mriseg's earlier three classes).
 CSF_RULES = ("intensity", "labels", "none")
-# How mriseg predict draws the gray matter / CSF border (prediction.Predictor): intensity (gray_to_csf on the
-# views' output: the scan's own voxels), network (the views' output as it is), auto (intensity for a model
-# trained with data.csf intensity, network otherwise).
-CSF_BORDERS = ("auto", "intensity", "network")
+# How mriseg predict draws the gray matter / CSF border (prediction.Predictor): network (the default: the views'
+# output as it is), intensity (gray_to_csf on the views' output: the scan's own voxels; models with CSF only).
+CSF_BORDERS = ("network", "intensity")
 # fill_sulci: unlabelled voxels within this many mm of labelled brain on both sides (a closing) are sulcal CSF.
 SULCUS_MM = 3
 

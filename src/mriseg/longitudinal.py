@@ -178,7 +178,7 @@ def write_rows(rows, columns, path):
 
 
 def longitudinal(checkpoint, bids, out_dir, device="auto", batch_size=32, skull_strip="auto", dates_csv=None,
-                 csf_border="auto", log=print):
+                 csf_border="network", log=print):
     """Every subject of a BIDS dataset with two or more sessions: volumes per session in its common space
     (volumes.csv), the change between each pair of sessions (change.csv), change.png, and each session's
     mask and the subject's brain mask on its common grid (sub-<id>/). Returns the number of subjects done.

@@ -68,7 +68,7 @@ class Predictor:
     and then resampling linearly equals resampling each view and then averaging.
     """
 
-    def __init__(self, checkpoint, device="auto", batch_size=32, csf_border="auto"):
+    def __init__(self, checkpoint, device="auto", batch_size=32, csf_border="network"):
         from .models import load_views
 
         self.device, self.batch_size = pick_device(device, where="--device"), batch_size
@@ -81,10 +81,9 @@ class Predictor:
         self.classes = len(self.ckpt.get("classes", range(3)))  # 4 with CSF, 3 for models without it
         if csf_border not in CSF_BORDERS:
             raise ParamsError(f"csf border {csf_border!r}: use one of {', '.join(CSF_BORDERS)}")
-        trained_by_intensity = self.classes == 4 and self.ckpt.get("csf") == "intensity"
-        self.csf_border = ("intensity" if trained_by_intensity else "network") if csf_border == "auto" else csf_border
-        if self.csf_border == "intensity" and self.classes != 4:
-            raise ParamsError(f"csf border intensity: {checkpoint} has no CSF class (use auto or network)")
+        if csf_border == "intensity" and self.classes != 4:
+            raise ParamsError(f"csf border intensity: {checkpoint} has no CSF class (use network)")
+        self.csf_border = csf_border
 
     def labels(self, slices):
         """(n, H, W) slices, in order through one volume -> (n, H, W) labels (the first view's network)."""

@@ -185,7 +185,7 @@ def segment_slice(predictor, path, out_dir, pixel_size, slice_thickness, written
 
 
 def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pixel_size=None, slice_thickness=1.0,
-                  labels=None, part=None, skull_strip="auto", csf_border="auto", log=print):
+                  labels=None, part=None, skull_strip="auto", csf_border="network", log=print):
     """Segment every input; returns the number that failed. Raises a MrisegError up front (bad model,
     option, extractor or input list: nothing written); a bad input is said in one line and skipped, leaving
     no file (one in which the extractor finds no brain keeps a row, its qc saying so).

@@ -191,7 +191,7 @@ def predict_files(checkpoint, out_dir, inputs, device="auto", batch_size=32, pix
     no file (one in which the extractor finds no brain keeps a row, its qc saying so).
 
     skull_strip: auto (extract the brain of volumes not extracted already) | yes | no (extraction.py).
-    csf_border: how the gray matter / CSF border is drawn (prediction.CSF_BORDERS).
+    csf_border: how the gray matter / CSF border is drawn (labels.CSF_BORDERS: network, intensity).
     labels (a make-archive preset or mapping): score each volume against the manual labels beside it.
     part (k, n), 1 <= k <= n: segment only every n-th input from the k-th (a job array's share) and write
     its rows to volumes.part-k-of-n.csv, for parts.merge_parts. Under torchrun the part is the process's

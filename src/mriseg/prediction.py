@@ -5,7 +5,7 @@ import torch
 
 from .devices import autocast, inference_amp, pick_device
 from .errors import ParamsError
-from .labels import CSF_BORDERS
+from .labels import CSF, CSF_BORDERS, GRAY, gray_to_csf
 
 
 def channels_last(x):
@@ -145,8 +145,6 @@ class Predictor:
         if self.csf_border == "intensity":
             # The views learnt IBSR's border, drawn on its 1.5 mm slices; the scan's own voxels show the sulci
             # finer: its gray matter darker than halfway to its pure CSF becomes CSF (GM and CSF swapped).
-            from .labels import CSF, GRAY, gray_to_csf
-
             darker = gray_to_csf(total.argmax(axis=0), volume)
             total[GRAY][darker], total[CSF][darker] = total[CSF][darker], total[GRAY][darker]
         return total
